@@ -1,0 +1,16 @@
+"""toylab: JAX toy models for mechanistic interpretability.
+
+The library is small on purpose; each experiment in ``experiments/`` reads top to
+bottom and calls into these modules:
+
+- ``toylab.config``: frozen-dataclass configs, presets, validation, the command line.
+- ``toylab.rng``: a fast counter-based uniform generator used inside training steps.
+- ``toylab.train``: chunked ``lax.scan`` training of many models in one vmapped,
+  sharded, compiled program, with checkpoints between chunks and exact resume.
+- ``toylab.checkpoint``: the only module that imports Orbax.
+- ``toylab.report``: checks against the paper and the run's report.
+- ``toylab.plotting``: one matplotlib style and deterministic PNGs.
+- ``toylab.analysis``: the papers' measurements (superposition, ...).
+"""
+
+__version__ = "0.1.0"

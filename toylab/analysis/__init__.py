@@ -1,0 +1,1 @@
+"""The papers' measurements, as pure functions of saved parameters."""

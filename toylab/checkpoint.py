@@ -1,0 +1,97 @@
+"""Checkpoints: the only module that imports Orbax.
+
+A checkpoint is a flat dict of named arrays (``params.W``, ``opt_state.0.mu.W``, ...;
+with a leading model axis) plus a small JSON dict of metadata. Orbax writes each step
+into a temporary folder and renames it when complete, so a run killed mid-save leaves
+either the previous complete checkpoint or the new one, never half of one.
+
+Layout: ``<dir>/<step>/{state,meta}``, one ``<dir>`` per trained group of models.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """A missing, corrupt or mismatched checkpoint; its message is one line."""
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+    """A pytree as a flat dict keyed by dotted paths (``opt_state.0.mu.W``)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {_name(path): leaf for path, leaf in leaves}
+
+
+def unflatten(like: Any, flat: Mapping[str, Any]) -> Any:
+    """The inverse of ``flatten``, given a tree of the same structure."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    missing = [_name(p) for p, _ in paths if _name(p) not in flat]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks arrays {missing[:3]}; it was written by other code")
+    return jax.tree_util.tree_unflatten(treedef, [flat[_name(p)] for p, _ in paths])
+
+
+def _name(path: tuple) -> str:
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+    return ".".join(parts)
+
+
+def _manager(directory: Path, create: bool) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(create=create, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def steps(directory: Path) -> list[int]:
+    """Completed checkpoint steps in ``directory`` (unfinished temporary ones are ignored)."""
+    if not directory.is_dir():
+        return []
+    with _manager(directory, create=False) as m:
+        return sorted(m.all_steps())
+
+
+def save(directory: Path, step: int, state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """Write ``state`` (flat dict of arrays) and ``meta`` (JSON) as checkpoint ``step``."""
+    arrays = {k: np.asarray(v) for k, v in state.items()}
+    with _manager(directory, create=True) as m:
+        m.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(dict(meta))))
+        m.wait_until_finished()
+
+
+def restore(directory: Path, step: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read checkpoint ``step`` (the latest if None) as numpy arrays and its metadata."""
+    have = steps(directory)
+    if not have:
+        raise CheckpointError(f"no checkpoint in {directory}; run the train stage first")
+    step = have[-1] if step is None else step
+    if step not in have:
+        raise CheckpointError(f"no checkpoint for step {step} in {directory} (have {have[0]}..{have[-1]})")
+    try:
+        with _manager(directory, create=False) as m:
+            meta = m.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            shapes = meta["shapes"]
+            like = {k: np.zeros(s, dtype=meta["dtypes"][k]) for k, s in shapes.items()}
+            got = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like)))["state"]
+    except CheckpointError:
+        raise
+    except Exception as e:  # Orbax raises many types for damaged files; name the file, keep one line
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {directory / str(step)} is corrupt or unreadable ({msg})") from None
+    return {k: np.asarray(v) for k, v in got.items()}, meta
+
+
+def describe(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Shapes and dtypes of a flat state, stored in ``meta`` so it restores without a template."""
+    return {
+        "shapes": {k: list(np.shape(v)) for k, v in state.items()},
+        "dtypes": {k: str(np.asarray(v).dtype) for k, v in state.items()},
+    }

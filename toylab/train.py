@@ -1,0 +1,156 @@
+"""Training many models at once: one compiled program, chunks of ``lax.scan``, resume.
+
+An experiment supplies two pure functions of one model:
+
+- ``init(key, hp) -> state``: a pytree of arrays (parameters, optimiser state, and the
+  model's PRNG key as uint32 words, so data streams survive a checkpoint);
+- ``step(state, hp, t) -> (state, metrics)``: one optimisation step at global step
+  ``t``. Data for step ``t`` must depend only on (state's key, t), never on how steps
+  are grouped into chunks: that is what makes a resumed run bitwise equal to an
+  uninterrupted one.
+
+``train_models`` vmaps both over the model axis (sparsities x seeds x grid cells
+flattened), shards that axis over the devices, and runs ``n_steps`` in chunks of
+``chunk_steps`` with a checkpoint after each. The chunk function is jitted once and
+reused: its start step is a traced argument, so no chunk retraces (``TRACE_COUNT``
+lets tests prove it).
+"""
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from toylab import checkpoint
+
+InitFn = Callable[[jax.Array, Any], Any]
+StepFn = Callable[[Any, Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
+
+TRACE_COUNT: dict[str, int] = {}  # times each chunk function was traced (tests read it)
+
+
+def make_chunk(step: StepFn, chunk_steps: int, log_every: int, name: str = "chunk") -> Callable:
+    """The jitted, vmapped chunk: (states, hps, t0) -> (states, logs[models, chunk/log_every]).
+
+    Logged metrics are means over each window of ``log_every`` steps.
+    """
+
+    def one_model(state: Any, hp: Any, t0: jax.Array) -> tuple[Any, Any]:
+        TRACE_COUNT[name] = TRACE_COUNT.get(name, 0) + 1  # runs at trace time only
+
+        def window(state: Any, w: jax.Array) -> tuple[Any, Any]:
+            def body(state: Any, i: jax.Array) -> tuple[Any, Any]:
+                return step(state, hp, t0 + w * log_every + i)
+
+            state, metrics = jax.lax.scan(body, state, jnp.arange(log_every, dtype=jnp.int32))
+            return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+        return jax.lax.scan(window, state, jnp.arange(chunk_steps // log_every, dtype=jnp.int32))
+
+    return jax.jit(jax.vmap(one_model, in_axes=(0, 0, None)), donate_argnums=0)
+
+
+def model_sharding(devices: list | None = None) -> NamedSharding:
+    """Shard a leading model axis across ``devices`` (all by default)."""
+    devices = jax.devices() if devices is None else devices
+    return NamedSharding(Mesh(np.array(devices), ("models",)), PartitionSpec("models"))
+
+
+def _pad(tree: Any, n: int) -> Any:
+    """Repeat the last model so the model axis has length ``n`` (divisible by devices)."""
+    return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], n - a.shape[0], axis=0)]), tree)
+
+
+def train_models(
+    *,
+    directory: Path,
+    init: InitFn,
+    step: StepFn,
+    keys: jax.Array,
+    hparams: Any,
+    n_steps: int,
+    chunk_steps: int,
+    log_every: int,
+    meta: Mapping[str, Any],
+    devices: list | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    stop_after_chunks: int | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Train ``len(keys)`` models, resuming from ``directory`` if it holds checkpoints.
+
+    Args:
+        directory: checkpoint folder of this group of models.
+        keys: typed PRNG keys, one per model: model k is a pure function of keys[k], hparams[k].
+        hparams: pytree of arrays with a leading model axis.
+        meta: JSON-able facts saved with every checkpoint; a checkpoint whose
+            ``meta["config_hash"]`` differs from this one is refused, never overwritten.
+        stop_after_chunks: for tests: SIGKILL this process after that many new chunks.
+
+    Returns:
+        The final state as a flat dict of numpy arrays, and the logs
+        (``{metric: [models, n_steps // log_every]}``).
+    """
+    import tqdm
+
+    if n_steps % chunk_steps or chunk_steps % log_every:
+        raise ValueError(f"n_steps={n_steps} must be a multiple of chunk_steps={chunk_steps}, "
+                         f"itself a multiple of log_every={log_every}")
+    n_models = keys.shape[0]
+    sharding = model_sharding(devices)
+    n_dev = sharding.mesh.devices.size
+    padded = -(-n_models // n_dev) * n_dev
+    keys, hparams = _pad((keys, hparams), padded) if padded != n_models else (keys, hparams)
+    hparams = jax.device_put(hparams, sharding)
+    chunk = make_chunk(step, chunk_steps, log_every, name=desc)
+    init_v = jax.jit(jax.vmap(init), out_shardings=sharding)
+
+    start, logs = 0, None
+    done = checkpoint.steps(directory)
+    if done:
+        flat, saved = checkpoint.restore(directory)
+        if saved.get("config_hash") != meta.get("config_hash"):
+            raise checkpoint.CheckpointError(
+                f"{directory} holds checkpoints of a different config; use another --out or delete it")
+        like = jax.eval_shape(jax.vmap(init), keys, hparams)
+        state = checkpoint.unflatten(like, {k[len("state."):]: v for k, v in flat.items() if k.startswith("state.")})
+        state = jax.device_put(_pad(jax.tree.map(jnp.asarray, state), padded) if padded != n_models else state, sharding)
+        logs = {k[len("logs."):]: v for k, v in flat.items() if k.startswith("logs.")}
+        start = saved["step"]
+    else:
+        state = init_v(keys, hparams)
+
+    bar = tqdm.tqdm(total=n_steps, initial=start, desc=desc, unit="step", disable=not progress,
+                    dynamic_ncols=True, mininterval=1.0)
+    new_chunks = 0
+    for t0 in range(start, n_steps, chunk_steps):
+        state, chunk_logs = chunk(state, hparams, jnp.int32(t0))
+        chunk_logs = {k: np.asarray(v)[:n_models] for k, v in chunk_logs.items()}
+        logs = chunk_logs if logs is None else {k: np.concatenate([logs[k], chunk_logs[k]], axis=1) for k in logs}
+        host_state = {k: np.asarray(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
+        flat = {**{f"state.{k}": v for k, v in host_state.items()}, **{f"logs.{k}": v for k, v in logs.items()}}
+        t = t0 + chunk_steps
+        checkpoint.save(directory, t, flat, {**meta, "step": t, "n_models": n_models, **checkpoint.describe(flat)})
+        bar.update(chunk_steps)
+        if "loss" in chunk_logs:
+            bar.set_postfix(loss=f"{float(np.mean(chunk_logs['loss'][:, -1])):.3g}")
+        new_chunks += 1
+        if stop_after_chunks is not None and new_chunks >= stop_after_chunks and t < n_steps:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)  # a hard kill, as a crash or Ctrl-\ would be
+    bar.close()
+    final = {k: np.asarray(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
+    return final, logs if logs is not None else {}
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
