@@ -21,6 +21,7 @@ half the random numbers); several models per cell with the lowest-loss one drawn
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -572,7 +573,8 @@ def main(argv=None) -> int:
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     if args.stage in ("train", "all"):
         t = time.perf_counter()
-        times.update(train(cfg, run_dir))
+        stop = os.environ.get("TOYLAB_KILL_AFTER_CHUNKS")  # test hook: SIGKILL mid-run to test resume
+        times.update(train(cfg, run_dir, stop_after_chunks=int(stop) if stop else None))
         times["train"] = time.perf_counter() - t
         (run_dir / "provenance.json").write_text(json.dumps(report.provenance(times["train"]), indent=2) + "\n")
     if args.stage in ("analyze", "all"):

@@ -19,7 +19,7 @@ from typing import Any
 STAGES = ("train", "analyze", "plot", "all")
 
 
-class ConfigError(ValueError):
+class ConfigError(Exception):
     """A bad command line or hyperparameter; its message is one line."""
 
 
@@ -108,7 +108,7 @@ def parse_cli(
             run[name[2:]] = val
         elif a == "--strict":
             run["strict"] = True
-        elif a.startswith("-"):
+        elif a.startswith("-") and not _is_number(a):
             if name not in allowed:
                 close = difflib.get_close_matches(name, sorted(allowed), n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
@@ -130,6 +130,14 @@ def parse_cli(
     out = Path(run["out"]) if run["out"] else Path("runs") / prog.split(".")[-1] / run["preset"]
     figs = Path(run["figures"]) if run["figures"] else None
     return RunArgs(run["stage"], run["preset"], out, run["strict"], figs), cfg
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
 
 
 def main_guard(main: Callable[[], int]) -> None:

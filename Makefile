@@ -1,0 +1,36 @@
+# toylab: `make superposition` and `make test` set themselves up on a fresh clone.
+# Everything runs inside .venv, installed from requirements.lock (exact versions).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+ARGS   ?=
+
+.PHONY: setup superposition test bench smoke clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# The paper preset: trains into runs/superposition/, refreshes figures/superposition/,
+# prints the checks against the paper. Extra flags: make superposition ARGS="--n-steps 5000"
+superposition: $(STAMP)
+	$(PY) -m experiments.superposition all --preset paper --out runs/superposition \
+		--figures figures/superposition $(ARGS)
+
+smoke: $(STAMP)
+	$(PY) -m experiments.superposition all --preset smoke --out runs/smoke/superposition
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m toylab.bench
+
+clean:
+	rm -rf runs .pytest_cache

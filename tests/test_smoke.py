@@ -1,0 +1,35 @@
+"""The smoke preset end to end: train, analyze, plot; report and figures written."""
+
+import json
+
+from experiments import superposition as exp
+
+
+def test_smoke_end_to_end(tmp_path, capsys):
+    run, figs = tmp_path / "run", tmp_path / "figs"
+    assert exp.main(["all", "--preset", "smoke", "--out", str(run), "--figures", str(figs)]) == 0
+    out = capsys.readouterr().out
+    assert "checks passed" in out
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["experiment"] == "superposition" and rep["preset"] == "smoke"
+    assert rep["config"]["n_steps"] == exp.PRESETS["smoke"].n_steps
+    assert rep["n_checks"] >= 6 and all({"name", "measured", "expected", "passed"} <= set(c) for c in rep["checks"])
+    assert len(rep["figures"]) == 4 and all(f["caption"] for f in rep["figures"])
+    assert rep["provenance"]["packages"]["jax"]
+    for f in rep["figures"]:
+        assert (run / f["path"]).stat().st_size > 10_000
+        assert (figs / f["path"].split("/")[-1]).exists()
+    assert "| check | measured | paper | result |" in (run / "report.md").read_text()
+
+    # plot re-renders from saved analysis, byte for byte, without touching checkpoints
+    ckpts = {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*") if p.is_file()}
+    first = {f["path"]: (run / f["path"]).read_bytes() for f in rep["figures"]}
+    assert exp.main(["plot", "--out", str(run)]) == 0
+    assert {p: (run / p).read_bytes() for p in first} == first
+    assert ckpts == {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*") if p.is_file()}
+
+
+def test_strict_fails_on_failed_checks(tmp_path):
+    # 200 smoke steps cannot reproduce the paper, so --strict must turn that into exit 1
+    run = tmp_path / "run"
+    assert exp.main(["all", "--preset", "smoke", "--out", str(run), "--strict"]) == 1

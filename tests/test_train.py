@@ -1,0 +1,63 @@
+"""The training core: vmapped = alone, sharded = unsharded, compiled once."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import superposition as exp
+from toylab import train as core
+
+CFG = dataclasses.replace(exp.PRESETS["smoke"], n_steps=60, chunk_steps=20, log_every=10)
+
+
+def run_group(tmp, group="basic", select=None, devices=None, desc="t"):
+    n, m, hp, _ = exp.group_models(CFG, group)
+    keys = exp.model_keys(CFG, group, len(hp["density"]))
+    hp = jax.tree.map(jnp.asarray, hp)
+    if select is not None:
+        keys, hp = keys[select], jax.tree.map(lambda a: a[select], hp)
+    init, step = exp.make_train(CFG, n, m)
+    return core.train_models(directory=tmp, init=init, step=step, keys=keys, hparams=hp, n_steps=CFG.n_steps,
+                             chunk_steps=CFG.chunk_steps, log_every=CFG.log_every, meta={"config_hash": "x"},
+                             devices=devices, progress=False, desc=desc)
+
+
+def test_two_devices_are_visible():
+    assert len(jax.devices()) == 2  # conftest: the sharded path is really taken
+
+
+def test_vmapped_model_equals_model_trained_alone(tmp_path):
+    all_state, all_logs = run_group(tmp_path / "all", devices=jax.devices()[:1])
+    k = 2
+    one_state, one_logs = run_group(tmp_path / "one", select=slice(k, k + 1), devices=jax.devices()[:1])
+    np.testing.assert_allclose(one_state["params.W"][0], all_state["params.W"][k], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one_logs["loss"][0], all_logs["loss"][k], rtol=1e-5)
+    # and the models really differ from each other, so the comparison means something
+    assert not np.allclose(all_state["params.W"][k], all_state["params.W"][k + 1], atol=1e-3)
+
+
+def test_sharded_equals_unsharded(tmp_path):
+    one, _ = run_group(tmp_path / "one", devices=jax.devices()[:1])
+    two, _ = run_group(tmp_path / "two", devices=jax.devices())  # 4 models over 2 devices
+    odd, _ = run_group(tmp_path / "odd", select=slice(0, 3), devices=jax.devices())  # padded to 4
+    for k in one:
+        np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(odd[k], one[k][:3], rtol=1e-5, atol=1e-6)
+
+
+def test_chunks_do_not_retrace(tmp_path):
+    core.TRACE_COUNT.pop("retrace", None)
+    run_group(tmp_path / "r", desc="retrace")  # 3 chunks
+    assert core.TRACE_COUNT["retrace"] == 1
+
+
+def test_bad_chunking_is_refused(tmp_path):
+    n, m, hp, _ = exp.group_models(CFG, "intro")
+    init, step = exp.make_train(CFG, n, m)
+    with pytest.raises(ValueError, match="multiple"):
+        core.train_models(directory=tmp_path, init=init, step=step, keys=exp.model_keys(CFG, "intro", 2),
+                          hparams=jax.tree.map(jnp.asarray, hp), n_steps=50, chunk_steps=20, log_every=10,
+                          meta={}, progress=False)
