@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m toylab.bench
+	$(PY) -m experiments.bench
 
 clean:
 	rm -rf runs .pytest_cache

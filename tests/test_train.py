@@ -61,3 +61,17 @@ def test_bad_chunking_is_refused(tmp_path):
         core.train_models(directory=tmp_path, init=init, step=step, keys=exp.model_keys(CFG, "intro", 2),
                           hparams=jax.tree.map(jnp.asarray, hp), n_steps=50, chunk_steps=20, log_every=10,
                           meta={}, progress=False)
+
+
+def test_hand_written_gradient_equals_autodiff():
+    n, m, hp, _ = exp.group_models(CFG, "basic")
+    params = exp.init_params(jax.random.key(0), n, m)
+    params["b_final"] = 0.1 * jax.random.normal(jax.random.key(2), (n,))
+    x = exp.make_batch(jax.random.key(1), jnp.float32(0.3), n, 64)
+    for k in (0, 1):  # the linear model, then a ReLU model
+        h = jax.tree.map(lambda a: jnp.asarray(a[k]), hp)
+        loss, grads = jax.value_and_grad(exp.loss_fn)(params, x, h)
+        loss2, grads2 = exp.loss_and_grad(params, x, h)
+        np.testing.assert_allclose(loss2, loss, rtol=1e-6)
+        for name in grads:
+            np.testing.assert_allclose(grads2[name], grads[name], rtol=1e-4, atol=1e-8)

@@ -143,7 +143,9 @@ def _is_number(s: str) -> bool:
 def main_guard(main: Callable[[], int]) -> None:
     """Run ``main``; a ConfigError or a CheckpointError becomes one line on stderr and exit 2."""
     from toylab.checkpoint import CheckpointError
+    from toylab.train import use_cpu_cores
 
+    use_cpu_cores()
     try:
         code = main()
     except (ConfigError, CheckpointError) as e:

@@ -47,16 +47,19 @@ def key_words(key: jax.Array) -> UInt32[Array, "2"]:
 def uniform(key: jax.Array, shape: tuple[int, ...]) -> Float[Array, "..."]:
     """Uniform float32 in [0, 1), 23 random mantissa bits, like ``jax.random.uniform``.
 
-    Each Threefry call yields two words; the first half of the flattened array takes
-    the first word of each counter and the second half the second word.
+    Each Threefry call yields two words: the first half of the leading axis takes the
+    first word of each counter, the second half the second word. (Laying counters out
+    in the array's own shape, rather than flat, lets XLA fuse this with its consumer.)
     """
+    lead = shape[0] if shape else 1
+    rest = tuple(shape[1:])
+    half = (lead + 1) // 2
     size = 1
-    for s in shape:
+    for s in rest:
         size *= s
-    half = (size + 1) // 2
-    counter = jax.lax.iota(jnp.uint32, half)
+    counter = jax.lax.iota(jnp.uint32, half * size).reshape((half, *rest))
     a, b = threefry2x32(key_words(key), counter, jnp.zeros_like(counter))
-    bits = jnp.concatenate([a, b])[:size].reshape(shape)
+    bits = jnp.concatenate([a, b], axis=0)[:lead].reshape(shape)
     # Put 23 random bits in the mantissa of a float in [1, 2), then shift to [0, 1).
     one_to_two = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
     return one_to_two - 1.0

@@ -55,6 +55,21 @@ def make_chunk(step: StepFn, chunk_steps: int, log_every: int, name: str = "chun
     return jax.jit(jax.vmap(one_model, in_axes=(0, 0, None)), donate_argnums=0)
 
 
+def use_cpu_cores() -> None:
+    """Expose each CPU core as a JAX device, so the model axis shards across cores.
+
+    Why: XLA's CPU backend runs most small ops (a batched matmul over thousands of
+    tiny models, say) on one thread; one device per core runs them side by side. Has
+    no effect once JAX has started, nor on which accelerator a GPU machine uses.
+    """
+    import os
+
+    try:
+        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    except RuntimeError:
+        pass  # backends already initialised (tests set their own device count)
+
+
 def model_sharding(devices: list | None = None) -> NamedSharding:
     """Shard a leading model axis across ``devices`` (all by default)."""
     devices = jax.devices() if devices is None else devices

@@ -1,0 +1,108 @@
+"""``make bench``: training speed against this machine's own measured matmul rate.
+
+    python -m experiments.bench [--steps 200]
+
+For each configuration it times the experiment's real compiled chunk (the same
+program ``train`` runs, sharded the same way) after a warm-up, and prints seconds
+per 10,000 steps beside a roofline: the matmul FLOPs the step needs divided by the
+float32 matmul rate measured here, in this run. It also times the data generator
+alone, since random numbers dominate this workload on a CPU, and the naive
+``jax.random`` version it replaced.
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toylab.train import make_chunk, model_sharding, use_cpu_cores
+
+
+def _time(fn, *args, repeats: int = 3) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def matmul_rate() -> float:
+    """Best float32 matmul FLOP/s on this machine (all cores, one device), over a few sizes."""
+    rates = []
+    for n in (512, 1024, 2048):
+        a = jax.device_put(jnp.ones((n, n), jnp.float32), jax.devices()[0])
+        f = jax.jit(lambda a: a @ a)
+        rates.append(2 * n**3 / _time(f, a))
+    return max(rates)
+
+
+def bench_superposition(rate: float, steps: int) -> list[dict]:
+    from experiments import superposition as exp
+
+    cfg = exp.PRESETS["paper"]
+    rows = []
+    for n, m, k in ((5, 2, 10), (20, 5, 20), (200, 20, 20)):
+        hp = {"density": jnp.asarray(20.0 ** -np.linspace(0, 1, k), jnp.float32),
+              "importance": jnp.ones((k, n), jnp.float32), "relu": jnp.ones(k, jnp.float32)}
+        sharding = model_sharding()
+        hp = jax.device_put(hp, sharding)
+        init, step = exp.make_train(cfg, n, m)
+        keys = jax.random.split(jax.random.key(0), k)
+        state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys, hp)
+        chunk = make_chunk(step, steps, steps, name=f"bench{n}")
+        box = {"state": state}
+
+        def run(hp):
+            box["state"], logs = chunk(box["state"], hp, jnp.int32(0))
+            return logs
+
+        t_step = _time(run, hp) / steps
+        gen = jax.jit(jax.vmap(lambda key, p: jax.lax.scan(
+            lambda c, t: (c + exp.make_batch(jax.random.fold_in(key, t), p, n, cfg.batch_size)[0, 0], None),
+            0.0, jnp.arange(steps))[0]))
+        t_gen = _time(gen, keys, hp["density"]) / steps
+        naive = jax.jit(jax.vmap(lambda key, p: jax.lax.scan(
+            lambda c, t: (c + _naive_batch(jax.random.fold_in(key, t), p, n, cfg.batch_size)[0, 0], None),
+            0.0, jnp.arange(steps))[0]))
+        t_naive = _time(naive, keys, hp["density"], repeats=1) / steps
+        flops = 5 * 2 * cfg.batch_size * n * m * k  # forward 2 matmuls, backward 3
+        rows.append({"config": f"superposition {n}->{m} x {k} (batch {cfg.batch_size})",
+                     "s_per_10k": t_step * 1e4, "roofline_s_per_10k": flops / rate * 1e4,
+                     "data_s_per_10k": t_gen * 1e4, "naive_data_s_per_10k": t_naive * 1e4})
+    return rows
+
+
+def _naive_batch(key: jax.Array, density: jax.Array, n: int, batch: int) -> jax.Array:
+    """The notebook's generator in jax.random: two uniform draws per feature."""
+    k1, k2 = jax.random.split(key)
+    return jnp.where(jax.random.uniform(k1, (batch, n)) <= density, jax.random.uniform(k2, (batch, n)), 0.0)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=200, help="steps per timed chunk")
+    args = parser.parse_args(argv)
+    use_cpu_cores()
+    rate = matmul_rate()
+    print(f"devices: {len(jax.devices())} x {jax.devices()[0].device_kind}; "
+          f"float32 matmul rate measured here: {rate / 1e9:.0f} GFLOP/s")
+    rows = bench_superposition(rate, args.steps)
+    head = f"{'configuration':42s} {'s/10k steps':>12s} {'roofline':>9s} {'x roofline':>10s} " \
+           f"{'data gen':>9s} {'naive gen':>10s}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['config']:42s} {r['s_per_10k']:12.1f} {r['roofline_s_per_10k']:9.1f} "
+              f"{r['s_per_10k'] / r['roofline_s_per_10k']:10.1f} {r['data_s_per_10k']:9.1f} "
+              f"{r['naive_data_s_per_10k']:10.1f}")
+    print("roofline: matmul FLOPs the step needs / measured matmul rate; data gen: the step's random "
+          "batch alone; naive gen: two jax.random.uniform draws per feature, as in the notebook")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
