@@ -62,11 +62,11 @@ def bench_superposition(rate: float, steps: int) -> list[dict]:
 
         t_step = _time(run, hp) / steps
         gen = jax.jit(jax.vmap(lambda key, p: jax.lax.scan(
-            lambda c, t: (c + exp.make_batch(jax.random.fold_in(key, t), p, n, cfg.batch_size)[0, 0], None),
+            lambda c, t: (c + exp.make_batch(jax.random.fold_in(key, t), p, n, cfg.batch_size).sum(), None),
             0.0, jnp.arange(steps))[0]))
         t_gen = _time(gen, keys, hp["density"]) / steps
         naive = jax.jit(jax.vmap(lambda key, p: jax.lax.scan(
-            lambda c, t: (c + _naive_batch(jax.random.fold_in(key, t), p, n, cfg.batch_size)[0, 0], None),
+            lambda c, t: (c + _naive_batch(jax.random.fold_in(key, t), p, n, cfg.batch_size).sum(), None),
             0.0, jnp.arange(steps))[0]))
         t_naive = _time(naive, keys, hp["density"], repeats=1) / steps
         flops = 5 * 2 * cfg.batch_size * n * m * k  # forward 2 matmuls, backward 3
