@@ -586,6 +586,10 @@ def main(argv=None) -> int:
     args, cfg = config.parse_cli(Config, PRESETS, argv, "experiments.superposition", __doc__.split("\n\n")[0])
     run_dir = args.out
     cfg = prepare_run_dir(cfg, run_dir, args.stage)
+    preset_path = run_dir / "preset.txt"  # the report names the preset the run was made with
+    if args.stage in ("train", "all") and not preset_path.exists():
+        preset_path.write_text(args.preset + "\n")
+    preset = preset_path.read_text().strip() if preset_path.exists() else args.preset
     times_path = run_dir / "wall_time.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     if args.stage in ("train", "all"):
@@ -615,7 +619,7 @@ def main(argv=None) -> int:
     checks = [report.Check(**c) for c in json.loads(checks_path.read_text())]
     figures = [report.Figure(f"figures/{name}.png", cap) for name, _, cap in FIGURES
                if (run_dir / "figures" / f"{name}.png").exists()]
-    rep = report.write(run_dir, experiment="superposition", preset=args.preset, config=config.to_dict(cfg),
+    rep = report.write(run_dir, experiment="superposition", preset=preset, config=config.to_dict(cfg),
                        checks=checks, figures=figures, wall_time_s=times,
                        extra={"provenance": json.loads((run_dir / "provenance.json").read_text())
                               if (run_dir / "provenance.json").exists() else None})

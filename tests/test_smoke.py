@@ -26,6 +26,7 @@ def test_smoke_end_to_end(tmp_path, capsys):
     first = {f["path"]: (run / f["path"]).read_bytes() for f in rep["figures"]}
     assert exp.main(["plot", "--out", str(run)]) == 0
     assert {p: (run / p).read_bytes() for p in first} == first
+    assert json.loads((run / "report.json").read_text())["preset"] == "smoke"  # the run's, not the default
     assert ckpts == {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*") if p.is_file()}
 
 
