@@ -16,7 +16,6 @@ reused: its start step is a traced argument, so no chunk retraces (``TRACE_COUNT
 lets tests prove it).
 """
 
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -164,8 +163,3 @@ def train_models(
     final = {k: np.asarray(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
     return final, logs if logs is not None else {}
 
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
