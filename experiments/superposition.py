@@ -20,9 +20,6 @@ half the random numbers); several models per cell with the lowest-loss one drawn
 """
 
 import dataclasses
-import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -31,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toylab import checkpoint, config, report, rng
+from toylab import checkpoint, config, experiment, report, rng
 from toylab.analysis import superposition as sp
-from toylab.config import ConfigError, require
+from toylab.config import require
 from toylab.train import train_models
 
 # ---------------------------------------------------------------------------
@@ -544,18 +541,7 @@ FIGURES = [
 
 def plot(cfg: Config, run_dir: Path) -> list[report.Figure]:
     """Render every figure from ``analysis.npz``, without retraining."""
-    from toylab.plotting import style
-
-    path = run_dir / "analysis.npz"
-    if not path.exists():
-        raise checkpoint.CheckpointError(f"no {path}; run the analyze stage first")
-    a = dict(np.load(path))
-    out = []
-    with style():
-        for name, fn, caption in FIGURES:
-            fn(cfg, a, run_dir / "figures" / f"{name}.png")
-            out.append(report.Figure(f"figures/{name}.png", caption))
-    return out
+    return experiment.render(cfg, run_dir, FIGURES)
 
 
 # ---------------------------------------------------------------------------
@@ -563,70 +549,8 @@ def plot(cfg: Config, run_dir: Path) -> list[report.Figure]:
 # ---------------------------------------------------------------------------
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, stage: str) -> Config:
-    """The run's config: a new run writes it; an existing run must have been made with the same one."""
-    path = run_dir / "config.json"
-    if path.exists():
-        try:
-            saved = config.from_dict(Config, json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError, ConfigError) as e:
-            raise ConfigError(f"{path} is unreadable ({e}); delete it or use another --out") from None
-        if stage in ("train", "all") and saved != cfg:
-            raise ConfigError(f"{run_dir} holds a run with a different config ({'; '.join(config.diff(saved, cfg))}); "
-                              "use another --out")
-        return saved
-    if stage not in ("train", "all"):
-        raise checkpoint.CheckpointError(f"no run in {run_dir} (no config.json); run the train stage first")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config.to_dict(cfg), indent=2) + "\n")
-    return cfg
-
-
-def main(argv=None) -> int:
-    args, cfg = config.parse_cli(Config, PRESETS, argv, "experiments.superposition", __doc__.split("\n\n")[0])
-    run_dir = args.out
-    cfg = prepare_run_dir(cfg, run_dir, args.stage)
-    preset_path = run_dir / "preset.txt"  # the report names the preset the run was made with
-    if args.stage in ("train", "all") and not preset_path.exists():
-        preset_path.write_text(args.preset + "\n")
-    preset = preset_path.read_text().strip() if preset_path.exists() else args.preset
-    times_path = run_dir / "wall_time.json"
-    times = json.loads(times_path.read_text()) if times_path.exists() else {}
-    if args.stage in ("train", "all"):
-        t = time.perf_counter()
-        stop = os.environ.get("TOYLAB_KILL_AFTER_CHUNKS")  # test hook: SIGKILL mid-run to test resume
-        times.update(train(cfg, run_dir, stop_after_chunks=int(stop) if stop else None))
-        times["train"] = time.perf_counter() - t
-        (run_dir / "provenance.json").write_text(json.dumps(report.provenance(times["train"]), indent=2) + "\n")
-    if args.stage in ("analyze", "all"):
-        t = time.perf_counter()
-        a = analyze(cfg, run_dir)
-        times["analyze"] = time.perf_counter() - t
-        checks = check(cfg, a)
-        (run_dir / "checks.json").write_text(json.dumps([dataclasses.asdict(c) for c in checks], indent=2) + "\n")
-    if args.stage in ("plot", "all"):
-        t = time.perf_counter()
-        figures = plot(cfg, run_dir)
-        times["plot"] = time.perf_counter() - t
-        if args.figures:
-            args.figures.mkdir(parents=True, exist_ok=True)
-            for f in figures:
-                shutil.copyfile(run_dir / f.path, args.figures / Path(f.path).name)
-    times_path.write_text(json.dumps(times, indent=2) + "\n")
-    checks_path = run_dir / "checks.json"
-    if not checks_path.exists():
-        return 0
-    checks = [report.Check(**c) for c in json.loads(checks_path.read_text())]
-    figures = [report.Figure(f"figures/{name}.png", cap) for name, _, cap in FIGURES
-               if (run_dir / "figures" / f"{name}.png").exists()]
-    rep = report.write(run_dir, experiment="superposition", preset=preset, config=config.to_dict(cfg),
-                       checks=checks, figures=figures, wall_time_s=times,
-                       extra={"provenance": json.loads((run_dir / "provenance.json").read_text())
-                              if (run_dir / "provenance.json").exists() else None})
-    print(report.table(rep))
-    print(f"report: {run_dir / 'report.md'}")
-    return 1 if args.strict and rep["n_passed"] < rep["n_checks"] else 0
-
+main = experiment.main_for(name="superposition", doc=__doc__, Config=Config, presets=PRESETS, train=train,
+                           analyze=analyze, check=check, plot=plot, figures=FIGURES)
 
 if __name__ == "__main__":
     config.main_guard(main)

@@ -46,8 +46,8 @@ def _name(path: tuple) -> str:
     return ".".join(parts)
 
 
-def _manager(directory: Path, create: bool) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(create=create, enable_async_checkpointing=False)
+def _manager(directory: Path, create: bool, max_to_keep: int | None = None) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(create=create, enable_async_checkpointing=False, max_to_keep=max_to_keep)
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
@@ -59,10 +59,14 @@ def steps(directory: Path) -> list[int]:
         return sorted(m.all_steps())
 
 
-def save(directory: Path, step: int, state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
-    """Write ``state`` (flat dict of arrays) and ``meta`` (JSON) as checkpoint ``step``."""
+def save(directory: Path, step: int, state: Mapping[str, Any], meta: Mapping[str, Any],
+         max_to_keep: int | None = None) -> None:
+    """Write ``state`` (flat dict of arrays) and ``meta`` (JSON) as checkpoint ``step``.
+
+    ``max_to_keep``: delete all but the newest that many checkpoints (None keeps all).
+    """
     arrays = {k: np.asarray(v) for k, v in state.items()}
-    with _manager(directory, create=True) as m:
+    with _manager(directory, create=True, max_to_keep=max_to_keep) as m:
         m.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(dict(meta))))
         m.wait_until_finished()
 

@@ -95,6 +95,9 @@ def train_models(
     progress: bool = True,
     desc: str = "train",
     stop_after_chunks: int | None = None,
+    snapshot: Callable[[Any], Any] | None = None,
+    snapshot_dir: Path | None = None,
+    keep_last: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Train ``len(keys)`` models, resuming from ``directory`` if it holds checkpoints.
 
@@ -105,6 +108,11 @@ def train_models(
         meta: JSON-able facts saved with every checkpoint; a checkpoint whose
             ``meta["config_hash"]`` differs from this one is refused, never overwritten.
         stop_after_chunks: for tests: SIGKILL this process after that many new chunks.
+        snapshot, snapshot_dir: also save ``snapshot(state)`` (e.g. the parameters
+            alone) into ``snapshot_dir`` at step 0 and after every chunk, all kept: the
+            history an analysis over training reads.
+        keep_last: keep only this many full-state checkpoints (None: all); they exist
+            to resume, so two are enough when snapshots keep the history.
 
     Returns:
         The final state as a flat dict of numpy arrays, and the logs
@@ -116,7 +124,9 @@ def train_models(
         raise ValueError(f"n_steps={n_steps} must be a multiple of chunk_steps={chunk_steps}, "
                          f"itself a multiple of log_every={log_every}")
     n_models = keys.shape[0]
-    sharding = model_sharding(devices)
+    # Fewer models than devices: leave devices idle rather than train padding copies
+    # (on a CPU, one device's matmuls already use every core).
+    sharding = model_sharding(list(devices or jax.devices())[:n_models])
     n_dev = sharding.mesh.devices.size
     padded = -(-n_models // n_dev) * n_dev
     keys, hparams = _pad((keys, hparams), padded) if padded != n_models else (keys, hparams)
@@ -139,6 +149,14 @@ def train_models(
     else:
         state = init_v(keys, hparams)
 
+    def save_snapshot(state: Any, t: int) -> None:
+        if snapshot is not None and t not in checkpoint.steps(snapshot_dir):  # a resumed run rewrites nothing
+            flat = {k: np.asarray(v)[:n_models] for k, v in checkpoint.flatten(snapshot(state)).items()}
+            checkpoint.save(snapshot_dir, t, flat, {**meta, "step": t, "n_models": n_models,
+                                                    **checkpoint.describe(flat)})
+
+    save_snapshot(state, start)
+
     bar = tqdm.tqdm(total=n_steps, initial=start, desc=desc, unit="step", disable=not progress,
                     dynamic_ncols=True, mininterval=1.0)
     new_chunks = 0
@@ -149,7 +167,9 @@ def train_models(
         host_state = {k: np.asarray(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
         flat = {**{f"state.{k}": v for k, v in host_state.items()}, **{f"logs.{k}": v for k, v in logs.items()}}
         t = t0 + chunk_steps
-        checkpoint.save(directory, t, flat, {**meta, "step": t, "n_models": n_models, **checkpoint.describe(flat)})
+        save_snapshot(state, t)
+        checkpoint.save(directory, t, flat, {**meta, "step": t, "n_models": n_models, **checkpoint.describe(flat)},
+                        max_to_keep=keep_last)
         bar.update(chunk_steps)
         if "loss" in chunk_logs:
             bar.set_postfix(loss=f"{float(np.mean(chunk_logs['loss'][:, -1])):.3g}")
