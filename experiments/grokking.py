@@ -35,6 +35,7 @@ import optax
 from toylab import checkpoint, config, experiment, report
 from toylab import transformer as tf
 
+from toylab.analysis import fourier
 from toylab.config import require
 from toylab.train import train_models
 
@@ -208,19 +209,424 @@ def train(cfg: Config, run_dir: Path, *, devices=None, progress=True, stop_after
 # ---------------------------------------------------------------------------
 
 
-def analyze(cfg, run_dir):
-    raise NotImplementedError
+def load_history(cfg: Config, run_dir: Path) -> tuple[np.ndarray, tf.Transformer]:
+    """Epochs ``[T]`` of every saved snapshot and the models, stacked ``[T, seeds, ...]``."""
+    steps = checkpoint.steps(run_dir / "params")
+    if not steps:
+        raise checkpoint.CheckpointError(f"no parameter snapshots in {run_dir / 'params'}; run the train stage first")
+    flats = [checkpoint.restore(run_dir / "params", t)[0] for t in steps]
+    like = init_model(jax.random.key(0), cfg)
+    stacked = {k: np.stack([f[k] for f in flats]) for k in flats[0]}
+    return np.array(steps), checkpoint.unflatten(like, stacked)
 
 
-def check(cfg, a):
-    raise NotImplementedError
+def _index(tree, *idx):
+    return jax.tree.map(lambda x: x[idx], tree)
 
 
-FIGURES = []
+def logits_all(models: tf.Transformer, pairs: jax.Array, batch: int = 8) -> np.ndarray:
+    """Logits at '=' ``[T, p*p, p]`` of a stack of models over every input, a few models at a time."""
+    f = jax.jit(jax.vmap(lambda m: tf.forward(m, pairs, last_only=True)[:, -1]))
+    n = jax.tree.leaves(models)[0].shape[0]
+    return np.concatenate([np.asarray(f(_index(models, slice(i, i + batch)))) for i in range(0, n, batch)])
 
 
-def plot(cfg, run_dir):
-    raise NotImplementedError
+def weight_l(model: tf.Transformer) -> np.ndarray:
+    """The neuron-logit map W_L = W_out W_U: ``[d_mlp, p]``."""
+    return np.asarray(model.blocks[0].mlp.W_out @ model.unembed.W_U)
+
+
+def sum_sq(model: tf.Transformer) -> float:
+    return float(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(model)))
+
+
+def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: int) -> dict[str, np.ndarray]:
+    """Every measurement of one seed: the final model's circuit, and progress measures over training."""
+    p = cfg.p
+    F, _ = fourier.fourier_basis(p)
+    pairs = all_pairs(p)
+    y = labels(pairs, p)
+    train_idx, test_idx = split(p, cfg.frac_train, cfg.seed + seed)
+    final = _index(models, -1)
+    out: dict[str, np.ndarray] = {}
+
+    # The final model: which frequencies, and how the circuit uses them.
+    we = fourier.component_norms(F, np.asarray(final.embed.W_E)[:p])
+    wl = fourier.component_norms(F, weight_l(final).T)
+    keys = fourier.key_frequencies(fourier.frequency_norms(wl))
+    out.update(W_E_norms=we, W_L_norms=wl, key_freqs=keys)
+    names = ["blocks.0.attn.hook_pattern", "blocks.0.mlp.hook_post"]
+    logits, cache = jax.jit(lambda m: tf.run_with_cache(m, jnp.asarray(pairs), names, last_only=True))(final)
+    logits = np.asarray(logits[:, -1])
+    out["attn_to_a"] = np.asarray(cache[names[0]][:, :, 0, 0]).T.reshape(-1, p, p)  # [head, a, b]
+    post = np.asarray(cache[names[1]][:, 0]).reshape(p, p, -1)
+    out["neurons"] = post[:, :, :4].transpose(2, 0, 1)
+    out["neuron_0_fourier"] = fourier.fft2d(post[:, :, 0], F)
+    out["neuron_freq"], out["neuron_frac"] = fourier.neuron_frequencies(post, F)
+    out["logit_fourier_norms"] = np.linalg.norm(fourier.fft2d(logits.reshape(p, p, p), F), axis=-1)
+    out["logit_fve"] = np.array(fourier.logit_fve(logits, p, keys))
+    out["W_L_fourier"] = F @ weight_l(final).T  # [component, neuron]
+
+    # Ablations through hooks on the MLP neurons at '=' (the paper's §4.4, neuron level).
+    def loss_with(post_fn) -> float:
+        hook = ("blocks.0.mlp.hook_post", lambda h, _: post_fn(h[:, 0])[:, None])
+        lg = jax.jit(lambda m: tf.run_with_hooks(m, jnp.asarray(pairs), [hook], last_only=True))(final)
+        return float(fourier.cross_entropy(np.asarray(lg[:, -1]), y))
+
+    def project(ks, keep: bool):
+        D = jnp.asarray(fourier.sum_directions(p, ks), jnp.float32)
+        return lambda h: (h.mean(0) + D.T @ (D @ h)) if keep else h - D.T @ (D @ h)
+
+    out["ablation_names"] = np.array(["original", "key frequencies only"] + [f"without {k}" for k in keys])
+    out["ablation_losses"] = np.array([loss_with(lambda h: h), loss_with(project(keys, True))]
+                                      + [loss_with(project([k], False)) for k in keys])
+
+    # Progress measures over every snapshot, with the final model's key frequencies.
+    D = fourier.sum_directions(p, keys)
+    per = {k: [] for k in ("train_loss", "test_loss", "restricted_loss", "restricted_test_loss", "excluded_loss")}
+    per["excluded_each"] = []
+    L_all = logits_all(models, jnp.asarray(pairs))
+    for L in L_all:
+        per["train_loss"].append(fourier.cross_entropy(L[train_idx], y[train_idx]))
+        per["test_loss"].append(fourier.cross_entropy(L[test_idx], y[test_idx]))
+        R = fourier.restricted_logits(L, D)
+        per["restricted_loss"].append(fourier.cross_entropy(R, y))
+        per["restricted_test_loss"].append(fourier.cross_entropy(R[test_idx], y[test_idx]))
+        per["excluded_loss"].append(fourier.cross_entropy(fourier.excluded_logits(L, D)[train_idx], y[train_idx]))
+        per["excluded_each"].append([fourier.cross_entropy(
+            fourier.excluded_logits(L, fourier.sum_directions(p, [k]))[train_idx], y[train_idx]) for k in keys])
+    out.update({f"ckpt_{k}": np.array(v) for k, v in per.items()})
+    n = len(epochs)
+    out["ckpt_gini_W_E"] = np.array([fourier.gini(fourier.frequency_norms(fourier.component_norms(
+        F, np.asarray(models.embed.W_E[t])[:p]))) for t in range(n)])
+    out["ckpt_gini_W_L"] = np.array([fourier.gini(fourier.frequency_norms(fourier.component_norms(
+        F, weight_l(_index(models, t)).T))) for t in range(n)])
+    out["ckpt_sum_sq"] = np.array([sum_sq(_index(models, t)) for t in range(n)])
+    return out
+
+
+def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
+    """Measure every seed from its snapshots and logs; saved to ``analysis.npz`` (keys ``s{seed}.name``)."""
+    epochs, models = load_history(cfg, run_dir)
+    flat, _ = checkpoint.restore(run_dir / "checkpoints")
+    out = {"epochs": epochs}
+    for k in ("loss", "train_acc", "test_loss", "test_acc"):
+        out[f"log_{k}"] = flat[f"logs.{k}"]  # [seeds, n_epochs]
+    with jax.enable_x64(True):
+        for s in range(cfg.n_seeds):
+            seed_models = jax.tree.map(lambda x: x[:, s], models)
+            out.update({f"s{s}.{k}": v for k, v in analyze_seed(cfg, epochs, seed_models, s).items()})
+    np.savez(run_dir / "analysis.npz", **out)
+    return out
+
+
+def first_below(x: np.ndarray, epochs: np.ndarray, level: float) -> float:
+    """First epoch at which ``x`` (NaNs skipped) is below ``level``; inf if never."""
+    hit = np.flatnonzero(np.nan_to_num(x, nan=np.inf) < level)
+    return float(epochs[hit[0]]) if hit.size else float("inf")
+
+
+def phases(a: dict[str, np.ndarray], s: int) -> tuple[float, float, float]:
+    """Ends of memorisation, circuit formation and cleanup for seed ``s``, by rules fixed in advance.
+
+    The paper drew its boundaries (1.4k / 9.4k / 14k) by eye. Ours: memorisation ends
+    at the test-loss peak (the paper's 1.4k is its run's peak); circuit formation ends
+    when the test loss starts its sudden fall (first below 1); cleanup ends when the
+    sum of squared weights has come within 10% of its final value.
+    """
+    test = a["log_test_loss"][s]
+    epochs = np.arange(test.size)
+    mem = float(np.nanargmax(test))
+    circuit = first_below(test, epochs, 1.0)
+    w, ck = a[f"s{s}.ckpt_sum_sq"], a["epochs"]
+    after = (ck > circuit) & (w <= 1.1 * w[-1])
+    cleanup = float(ck[np.flatnonzero(after)[0]]) if after.any() else float("inf")
+    return mem, circuit, cleanup
+
+
+def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
+    """The reference's eight checks (§7), each against its band; every seed must pass."""
+    S = cfg.n_seeds
+    one = lambda v: v[0] if S == 1 else v  # noqa: E731  (a list only when there are several seeds)
+    epochs = np.arange(a["log_loss"].shape[1])
+    checks = []
+
+    mem = [[first_below(a["log_loss"][s], epochs, 1e-3), first_below(a["log_loss"][s], epochs, 1e-6)] for s in range(S)]
+    checks.append(report.Check(
+        "memorisation: first epoch train loss < 1e-3, < 1e-6", one(mem),
+        "300..550 and 1,000..1,500 (§7.1; saved runs: 480, and 1,179 with a float32 loss)",
+        all(300 <= m[0] <= 550 and 1000 <= m[1] <= 1500 for m in mem)))
+    peak = [[round(float(np.nanmax(a["log_test_loss"][s])), 1), float(np.nanargmax(a["log_test_loss"][s]))]
+            for s in range(S)]
+    checks.append(report.Check(
+        "test loss peak: value, epoch", one(peak),
+        "26..40 at epoch 1,300..1,600 (§7.2; paper's memorisation ends at 1.4k)",
+        all(26 <= v <= 40 and 1300 <= e <= 1600 for v, e in peak)))
+    grok = [[first_below(a["log_test_loss"][s], epochs, 1.0), first_below(a["log_test_loss"][s], epochs, 1e-3)]
+            for s in range(S)]
+    checks.append(report.Check(
+        "grokking: first epoch test loss < 1, < 1e-3", one(grok),
+        "7,500..14,000 and 8,500..15,000 (§7.3; saved run at 30%: 7,583 and 8,505)",
+        all(7500 <= g1 <= 14000 and 8500 <= g3 <= 15000 for g1, g3 in grok)))
+    final = [[float(a["log_loss"][s, -1]), float(a["log_test_loss"][s][~np.isnan(a["log_test_loss"][s])][-1]),
+              float(a["log_test_acc"][s][~np.isnan(a["log_test_acc"][s])][-1])] for s in range(S)]
+    checks.append(report.Check(
+        "final train loss, test loss, test accuracy", one(final),
+        "losses 1e-8..1e-6 (paper 2.4e-7 on all pairs) and accuracy 1.0 (§7.4)",
+        all(1e-8 <= tr <= 1e-6 and 1e-8 <= te <= 1e-6 and acc == 1.0 for tr, te, acc in final)))
+    keys = [[int(k) for k in a[f"s{s}.key_freqs"]] for s in range(S)]
+    share = [round(float(np.mean(a[f"s{s}.neuron_frac"] > 0.85)), 3) for s in range(S)]
+    checks.append(report.Check(
+        "key frequencies (W_L norm > max/4); share of neurons > 85% one frequency", one([[k, f] for k, f in zip(keys, share)]),
+        "3..6 frequencies (paper: 14, 35, 41, 42, 52); neuron share reported (paper 0.846) (§7.5)",
+        all(3 <= len(k) <= 6 for k in keys)))
+    prog = []
+    for s in range(S):
+        ck = a["epochs"]
+        m_end, c_end, _ = phases(a, s)
+        exc = a[f"s{s}.ckpt_excluded_loss"]
+        at = lambda t: exc[np.argmin(np.abs(ck - t))]  # noqa: E731
+        prog.append([first_below(a[f"s{s}.ckpt_restricted_test_loss"], ck, 1.0),
+                     first_below(a[f"s{s}.ckpt_test_loss"], ck, 1.0), round(float(at(c_end) / at(m_end)), 1)])
+    checks.append(report.Check(
+        "progress measures: restricted (test) loss < 1 at, test loss < 1 at; excluded loss rise over circuit formation",
+        one(prog), "restricted first, by >= 500 epochs; excluded loss x >= 10 from memorisation end to grokking (§7.6)",
+        all(r + 500 <= t and rise >= 10 for r, t, rise in prog)))
+    abl = []
+    for s in range(S):
+        L = a[f"s{s}.ablation_losses"]
+        abl.append([round(float(L[1] / L[0]), 3), round(float(np.min(L[2:]) / L[0]), 1)])
+    checks.append(report.Check(
+        "ablations: loss ratio keeping only key frequencies; smallest ratio removing one",
+        one(abl), "< 1 (paper 0.23) and >= 100 (paper 830..1e5) (§7.7)",
+        all(keep < 1 and rm >= 100 for keep, rm in abl)))
+    norms = []
+    for s in range(S):
+        w = a[f"s{s}.ckpt_sum_sq"]
+        norms.append([round(float(w[0])), round(float(w.max())), float(a["epochs"][np.argmax(w)]), round(float(w[-1]))])
+    checks.append(report.Check(
+        "sum of squared weights: initial, peak, peak epoch, final", one(norms),
+        "peak >= 1.3x initial, before epoch 3,000; final <= 0.5x peak (paper ~1,800 -> 3,000..3,500 -> ~1,000) (§7.6)",
+        all(pk >= 1.3 * w0 and ep <= 3000 and fin <= 0.5 * pk for w0, pk, ep, fin in norms)))
+    return checks
+
+
+# ---------------------------------------------------------------------------
+# Plot
+# ---------------------------------------------------------------------------
+
+PHASE_NAMES = ("memorisation", "circuit formation", "cleanup")
+
+
+def _mark_phases(ax, a: dict[str, np.ndarray], label: bool = True) -> None:
+    """Shade the three phases of seed 0 (rules in ``phases``)."""
+    ends = phases(a, 0)
+    starts = (0.0, *ends[:2])
+    for (x0, x1), name, c in zip(zip(starts, ends), PHASE_NAMES, ("#f4d8c8", "#d8e4f0", "#d9ecd0")):
+        if np.isfinite(x1) and x1 > x0:
+            ax.axvspan(x0, x1, color=c, alpha=0.6, lw=0, label=name if label else None)
+
+
+def fig_loss(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    epochs = np.arange(a["log_loss"].shape[1])
+    for s in range(cfg.n_seeds):
+        test = ~np.isnan(a["log_test_loss"][s])
+        lab = "" if cfg.n_seeds == 1 else f" (seed {cfg.seed + s})"
+        axes[0].plot(epochs, a["log_loss"][s], color="C0", lw=1, alpha=1 if s == 0 else 0.4, label="train" + lab)
+        axes[0].plot(epochs[test], a["log_test_loss"][s][test], color="C3", lw=1, alpha=1 if s == 0 else 0.4,
+                     label="test" + lab)
+        axes[1].plot(epochs, a["log_train_acc"][s], color="C0", lw=1, alpha=1 if s == 0 else 0.4, label="train" + lab)
+        axes[1].plot(epochs[test], a["log_test_acc"][s][test], color="C3", lw=1, alpha=1 if s == 0 else 0.4,
+                     label="test" + lab)
+    axes[0].axhline(np.log(cfg.p), color="grey", ls=":", lw=1, label=f"uniform (ln {cfg.p})")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("cross-entropy loss")
+    axes[0].set_title("Loss")
+    axes[1].set_ylabel("accuracy")
+    axes[1].set_title("Accuracy")
+    for k, ax in enumerate(axes):
+        _mark_phases(ax, a, label=k == 0)
+        ax.set_xlabel("epoch (full-batch step)")
+        ax.legend(loc="center right", fontsize=8)
+    fig.suptitle(f"Grokking (a + b) mod {cfg.p} from {cfg.frac_train:.0%} of pairs")
+    return savefig(fig, path)
+
+
+def _freq_bars(ax, norms: np.ndarray, keys: np.ndarray, title: str) -> None:
+    x = np.arange(norms.size)
+    key_idx = {i for k in keys for i in (2 * k - 1, 2 * k)}
+    colors = ["C3" if i in key_idx else "C0" for i in x]
+    ax.bar(x, norms, color=colors, width=1.0)
+    ticks = [0] + [2 * k - 1 for k in keys]
+    ax.set_xticks(ticks, ["const"] + [f"cos {k}" for k in keys], rotation=90, fontsize=7)
+    ax.set_xlabel("Fourier component (red: key frequencies)")
+    ax.set_ylabel("norm")
+    ax.set_title(title)
+
+
+def fig_fourier(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    keys = a["s0.key_freqs"]
+    _freq_bars(axes[0], a["s0.W_E_norms"], keys, "Embedding W_E: norm of each Fourier component")
+    _freq_bars(axes[1], a["s0.W_L_norms"], keys, "Neuron-logit map W_L = W_out W_U: norm per component")
+    fig.suptitle(f"Fourier components of the final model's weights; key frequencies {', '.join(map(str, keys))}")
+    return savefig(fig, path)
+
+
+def fig_activations(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    att, neu = a["s0.attn_to_a"], a["s0.neurons"]
+    n = max(len(att), len(neu))
+    fig, axes = plt.subplots(2, n, figsize=(2.7 * n, 5.6), squeeze=False)
+    for h in range(n):
+        for row, data, name, cmap in ((0, att, "head", "viridis"), (1, neu, "neuron", "magma")):
+            ax = axes[row, h]
+            if h >= len(data):
+                ax.axis("off")
+                continue
+            im = ax.imshow(data[h], origin="lower", cmap=cmap)
+            ax.set_title(f"{name} {h}" + (": attention from = to a" if row == 0 and h == 0 else ""), fontsize=8)
+            ax.set_xlabel("b")
+            ax.set_ylabel("a")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle("Top: attention of each head from '=' to a, over all inputs (a, b); bottom: MLP neurons at '='")
+    return savefig(fig, path)
+
+
+def fig_logits(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    _, names = fourier.fourier_basis(cfg.p)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, data, title in ((axes[0], a["s0.neuron_0_fourier"], "Neuron 0 in the 2-D Fourier basis"),
+                            (axes[1], a["s0.logit_fourier_norms"], "Logits: norm over outputs c, 2-D Fourier basis")):
+        lim = np.abs(data).max()
+        im = ax.imshow(data, origin="lower", cmap="coolwarm" if data.min() < 0 else "viridis",
+                       vmin=-lim if data.min() < 0 else 0, vmax=lim)
+        ticks = [0] + [2 * k - 1 for k in a["s0.key_freqs"]]
+        for setter in (ax.set_xticks, ax.set_yticks):
+            setter(ticks, [names[t] for t in ticks], fontsize=7)
+        ax.tick_params(axis="x", rotation=90)
+        ax.set_xlabel("component over b")
+        ax.set_ylabel("component over a")
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.subplots_adjust(wspace=0.45)
+    fig.suptitle(f"The final model in the 2-D Fourier basis; sum_k cos(w_k(a+b-c)) over the key frequencies "
+                 f"explains {float(a['s0.logit_fve']):.1%} of the logits' variance")
+    return savefig(fig, path)
+
+
+def fig_neurons(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    freq, frac, keys = a["s0.neuron_freq"], a["s0.neuron_frac"], a["s0.key_freqs"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    axes[0].scatter(freq, frac, s=8, alpha=0.6)
+    axes[0].axhline(0.85, color="grey", ls=":", lw=1, label="0.85: cluster threshold")
+    axes[0].set_xlabel("neuron's frequency k (largest share of its 2-D Fourier power)")
+    axes[0].set_ylabel("share of variance explained by k")
+    axes[0].set_title(f"Neurons by frequency: {np.mean(frac > 0.85):.1%} above 0.85 (paper: 84.6%)")
+    axes[0].legend(loc="lower right")
+    clusters = [int(np.sum((freq == k) & (frac > 0.85))) for k in keys]
+    labels_ = [str(k) for k in keys] + ["none"]
+    axes[1].bar(labels_, clusters + [int(np.sum(frac <= 0.85))], color=["C3"] * len(keys) + ["C7"])
+    axes[1].set_xlabel("cluster (key frequency)")
+    axes[1].set_ylabel("neurons")
+    axes[1].set_title("Neuron clusters (paper: 44, 93, 145, 87, 64; 79 unexplained)")
+    fig.suptitle("MLP neurons of the final model, grouped by frequency")
+    return savefig(fig, path)
+
+
+def fig_progress(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    ck = a["epochs"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.9))
+    for key, lab, c in (("train_loss", "train", "C0"), ("test_loss", "test", "C3"),
+                        ("restricted_test_loss", "restricted (test pairs)", "C2"),
+                        ("excluded_loss", "excluded (train pairs)", "C1")):
+        axes[0].plot(ck, a[f"s0.ckpt_{key}"], color=c, label=lab)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("loss")
+    axes[0].set_title("Losses at each checkpoint")
+    axes[1].plot(ck, a["s0.ckpt_gini_W_E"], label="Gini of W_E's frequency norms")
+    axes[1].plot(ck, a["s0.ckpt_gini_W_L"], label="Gini of W_L's frequency norms")
+    axes[1].set_ylabel("Gini coefficient")
+    axes[1].set_title("Sparsity in the Fourier basis")
+    axes[2].plot(ck, a["s0.ckpt_sum_sq"], color="k", label="sum of squared weights")
+    axes[2].set_ylabel("sum of squared weights")
+    axes[2].set_title("Weight norm")
+    for k, ax in enumerate(axes):
+        _mark_phases(ax, a, label=k == 2)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"Progress measures over training (key frequencies {', '.join(map(str, a['s0.key_freqs']))} "
+                 "fixed from the final model)")
+    return savefig(fig, path)
+
+
+def fig_ablations(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    names, losses = a["s0.ablation_names"], a["s0.ablation_losses"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.bar(range(len(losses)), losses, color=["C7", "C2"] + ["C3"] * (len(losses) - 2))
+    ax.axhline(np.log(cfg.p), color="grey", ls=":", lw=1, label=f"uniform (ln {cfg.p})")
+    ax.set_xticks(range(len(losses)), names, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("loss over all p^2 inputs")
+    ax.set_title("Ablating the MLP neurons' Fourier components (final model)")
+    ax.legend()
+    return savefig(fig, path)
+
+
+FIGURES = [
+    ("loss", fig_loss, "Train (blue) and test (red) loss and accuracy, log scale. The model memorises its 30% in "
+     "a few hundred epochs while test loss rises far above chance; long after, test loss falls suddenly: "
+     "grokking. Shading: memorisation (ends at the test-loss peak), circuit formation (until test loss < 1), "
+     "cleanup (until the weight norm settles)."),
+    ("fourier", fig_fourier, "Norms of the Fourier components of the embedding (left) and of the map from "
+     "neurons to logits (right) in the final model. A handful of frequencies carry all the weight: the model "
+     "represents numbers as waves cos(w_k a), sin(w_k a) at those key frequencies."),
+    ("activations", fig_activations, "Attention from '=' to a for each head (top) and the first MLP neurons "
+     "(bottom) over every input (a, b): periodic stripes and checkerboards, i.e. functions of a few frequencies."),
+    ("logits", fig_logits, "Left: neuron 0 in the 2-D Fourier basis, nonzero only at one frequency's const, "
+     "linear and product terms. Right: the logits in the same basis: only the key frequencies' product terms "
+     "survive, as cos(w_k(a+b-c)) needs; the title gives the share of variance those terms explain (paper: 95%)."),
+    ("neurons", fig_neurons, "Each neuron's frequency and the share of its variance that frequency explains "
+     "(left); neurons above 0.85 cluster by key frequency (right)."),
+    ("progress", fig_progress, "Progress measures over all checkpoints. Restricted loss (only the key-frequency "
+     "terms kept) falls during circuit formation, well before test loss; excluded loss (those terms removed) "
+     "rises as the model comes to rely on them. Gini jumps and the weight norm drops in cleanup."),
+    ("ablations", fig_ablations, "Loss of the final model when the MLP neurons keep only their cos/sin(w_k(a+b)) "
+     "components (green: lower than the original) or lose one key frequency (red: orders of magnitude worse)."),
+]
+
+
+def plot(cfg: Config, run_dir: Path) -> list[report.Figure]:
+    """Render every figure from ``analysis.npz``, without retraining."""
+    return experiment.render(cfg, run_dir, FIGURES)
 
 
 # ---------------------------------------------------------------------------

@@ -341,12 +341,14 @@ def forward(model: Transformer, tokens: jax.Array, *, last_only: bool = False) -
 
 
 def run_with_cache(model: Transformer, tokens: jax.Array, names_filter: NamesFilter = None, *,
-                   last_only: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+                   fwd_hooks: Sequence[tuple[str | Callable[[str], bool], Hook]] = (), last_only: bool = False
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Logits and a dict of activations keyed by hook name (all of them, or those the filter keeps).
 
     ``names_filter``: None (all), a name, a list of names, or a predicate on names.
+    ``fwd_hooks``: as in ``run_with_hooks``; the cache then holds the patched activations.
     """
-    hk = _Hooks([], names_filter, cache=True)
+    hk = _Hooks(fwd_hooks, names_filter, cache=True)
     logits = _run(model, tokens, hk, last_only)
     return logits, hk.cache
 

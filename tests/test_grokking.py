@@ -1,0 +1,98 @@
+"""Grokking: the data split, float64 loss, the smoke preset end to end, exact resume with snapshots."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import grokking as exp
+from toylab import checkpoint, config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_split_is_the_papers_recipe():
+    train, test = exp.split(113, 0.3, 0)
+    assert (len(train), len(test)) == (3830, 8939)
+    assert len(set(train) | set(test)) == 113 * 113 and not set(train) & set(test)
+    pairs = [(i, j, 113) for i in range(113) for j in range(113)]  # the paper's code, verbatim
+    random.seed(0)
+    random.shuffle(pairs)
+    np.testing.assert_array_equal(exp.all_pairs(113)[train], np.array(pairs[:3830]))
+    assert not np.array_equal(exp.split(113, 0.3, 1)[0], train)
+    toks = exp.all_pairs(113)
+    np.testing.assert_array_equal(exp.labels(toks, 113), (toks[:, 0] + toks[:, 1]) % 113)
+
+
+def test_the_training_loss_is_float64():
+    import jax
+    import jax.numpy as jnp
+
+    logits = jnp.full((2, 113), -10.0).at[jnp.arange(2), jnp.arange(2)].set(10.0)
+    with jax.enable_x64(True):
+        loss = float(exp.cross_entropy(logits, jnp.arange(2)))
+    want = np.log1p(112 * np.exp(-20.0))  # 2.3e-7: float32 log-softmax returns a multiple of 1.2e-7
+    assert abs(loss - want) < 1e-4 * want
+
+
+@pytest.mark.parametrize("argv, field", [(["--p", "100"], "p"), (["--frac-train", "1.5"], "frac_train"),
+                                         (["--n-epochs", "175"], "n_epochs"), (["--lr", "-1"], "lr"),
+                                         (["--weight-decay", "-0.1"], "weight_decay")])
+def test_bad_values_are_one_line_errors_before_any_compute(tmp_path, capsys, argv, field):
+    with pytest.raises(SystemExit) as e:
+        config.main_guard(lambda: exp.main(["train", "--preset", "smoke", "--out", str(tmp_path / "r"), *argv]))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and field in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_smoke_end_to_end(tmp_path, capsys):
+    run, figs = tmp_path / "run", tmp_path / "figs"
+    assert exp.main(["all", "--preset", "smoke", "--out", str(run), "--figures", str(figs)]) == 0
+    assert "checks passed" in capsys.readouterr().out
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["experiment"] == "grokking" and rep["preset"] == "smoke" and rep["n_checks"] == 8
+    assert len(rep["figures"]) == len(exp.FIGURES) and all(f["caption"] for f in rep["figures"])
+    for f in rep["figures"]:
+        assert (run / f["path"]).stat().st_size > 10_000 and (figs / Path(f["path"]).name).exists()
+    cfg = exp.PRESETS["smoke"]
+    # a snapshot every checkpoint_every epochs, from 0; only the last two full states are kept to resume
+    assert checkpoint.steps(run / "params") == list(range(0, cfg.n_epochs + 1, cfg.checkpoint_every))
+    assert checkpoint.steps(run / "checkpoints") == [cfg.n_epochs - cfg.checkpoint_every, cfg.n_epochs]
+    flat, _ = checkpoint.restore(run / "params")
+    assert flat["blocks.0.attn.W_Q"].shape == (1, cfg.n_heads, cfg.d_model, cfg.d_head)  # TransformerLens names
+    # the losses logged while training equal those recomputed from the snapshots
+    a = np.load(run / "analysis.npz")
+    np.testing.assert_allclose(a["s0.ckpt_train_loss"], a["log_loss"][0, a["epochs"][:-1]].tolist()
+                               + [a["s0.ckpt_train_loss"][-1]], rtol=1e-4)
+    first = {f["path"]: (run / f["path"]).read_bytes() for f in rep["figures"]}
+    assert exp.main(["plot", "--out", str(run)]) == 0
+    assert {p: (run / p).read_bytes() for p in first} == first
+
+
+def cli(out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "experiments.grokking", "train", "--preset", "smoke", "--n-seeds",
+                           "3", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
+
+
+def test_kill_and_resume_gives_the_same_snapshots(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert cli(whole).returncode == 0
+    r = cli(killed, env={"TOYLAB_KILL_AFTER_CHUNKS": "2"})
+    assert r.returncode == -9, r.stderr[-500:]
+    assert checkpoint.steps(killed / "params")[-1] == 2 * exp.PRESETS["smoke"].checkpoint_every
+    assert cli(killed).returncode == 0
+    for sub in ("params", "checkpoints"):
+        steps = checkpoint.steps(whole / sub)
+        assert steps == checkpoint.steps(killed / sub)
+        for t in steps:
+            a, b = checkpoint.restore(whole / sub, t)[0], checkpoint.restore(killed / sub, t)[0]
+            assert set(a) == set(b)
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{sub}/{t}/{k}")
