@@ -76,6 +76,42 @@ def bench_superposition(rate: float, steps: int) -> list[dict]:
     return rows
 
 
+def grokking_flops(cfg) -> float:
+    """FLOPs one full-batch step's loss needs (forward x 3 for forward + backward).
+
+    Keys and values at all three positions; the query, attention output, MLP and
+    unembedding at '=' only, since only its logits enter the loss.
+    """
+    d, hd, n_train = cfg.d_model, cfg.n_heads * cfg.d_head, int(cfg.frac_train * cfg.p**2)
+    per_example = (2 * 3 * 2 * d * hd  # W_K, W_V at 3 positions
+                   + 2 * d * hd + 2 * 3 * hd * 2  # W_Q at '='; scores and mixing over 3 keys
+                   + 2 * hd * d + 2 * 2 * d * cfg.d_mlp + 2 * d * cfg.p)  # W_O, W_in + W_out, W_U at '='
+    return 3 * per_example * n_train
+
+
+def bench_grokking(rate: float, steps: int) -> dict:
+    """The paper preset's compiled chunk (one seed, full batch, test loss every 10 epochs)."""
+    from experiments import grokking as exp
+
+    cfg = exp.PRESETS["paper"]
+    init, step = exp.make_train(cfg)
+    with jax.enable_x64(True):
+        sharding = model_sharding(jax.devices()[:1])
+        hp = jax.device_put(jax.tree.map(jnp.asarray, exp.seed_data(cfg)), sharding)
+        state = jax.jit(jax.vmap(init), out_shardings=sharding)(jax.random.key(0)[None], hp)
+        chunk = make_chunk(step, steps, 1, name="bench-grokking")
+        box = {"state": state}
+
+        def run(hp):
+            box["state"], logs = chunk(box["state"], hp, jnp.int32(100))
+            return logs
+
+        t_step = _time(run, hp) / steps
+    return {"config": f"grokking p={cfg.p} (full batch {int(cfg.frac_train * cfg.p ** 2)})",
+            "ms_per_step": t_step * 1e3, "roofline_ms": grokking_flops(cfg) / rate * 1e3,
+            "gflop": grokking_flops(cfg) / 1e9, "epochs_min": cfg.n_epochs * t_step / 60}
+
+
 def _naive_batch(key: jax.Array, density: jax.Array, n: int, batch: int) -> jax.Array:
     """The notebook's generator in jax.random: two uniform draws per feature."""
     k1, k2 = jax.random.split(key)
@@ -101,6 +137,12 @@ def main(argv=None) -> int:
               f"{r['naive_data_s_per_10k']:10.1f}")
     print("roofline: matmul FLOPs the step needs / measured matmul rate; data gen: the step's random "
           "batch alone; naive gen: two jax.random.uniform draws per feature, as in the notebook")
+    g = bench_grokking(rate, min(args.steps, 100))
+    print(f"\n{g['config']}: {g['ms_per_step']:.1f} ms per step, roofline {g['roofline_ms']:.1f} ms "
+          f"({g['gflop']:.2f} GFLOP the loss needs) -> {g['ms_per_step'] / g['roofline_ms']:.2f} x roofline; "
+          f"40,000 epochs in {g['epochs_min']:.1f} min")
+    print("  (timed: the training chunk as run, its test-loss evaluation every 10 epochs included; layer 0 "
+          "projects W_E and W_pos rows instead of every input's residual, so it computes fewer FLOPs than counted)")
     return 0
 
 

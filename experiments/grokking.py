@@ -224,11 +224,12 @@ def _index(tree, *idx):
     return jax.tree.map(lambda x: x[idx], tree)
 
 
-def logits_all(models: tf.Transformer, pairs: jax.Array, batch: int = 8) -> np.ndarray:
-    """Logits at '=' ``[T, p*p, p]`` of a stack of models over every input, a few models at a time."""
+def logits_all(models: tf.Transformer, pairs: jax.Array, batch: int = 8):
+    """Yield the logits at '=' ``[p*p, p]`` of each model of a stack over every input, a few models at a time."""
     f = jax.jit(jax.vmap(lambda m: tf.forward(m, pairs, last_only=True)[:, -1]))
     n = jax.tree.leaves(models)[0].shape[0]
-    return np.concatenate([np.asarray(f(_index(models, slice(i, i + batch)))) for i in range(0, n, batch)])
+    for i in range(0, n, batch):
+        yield from np.asarray(f(_index(models, slice(i, min(i + batch, n)))))
 
 
 def weight_l(model: tf.Transformer) -> np.ndarray:
@@ -285,8 +286,7 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     D = fourier.sum_directions(p, keys)
     per = {k: [] for k in ("train_loss", "test_loss", "restricted_loss", "restricted_test_loss", "excluded_loss")}
     per["excluded_each"] = []
-    L_all = logits_all(models, jnp.asarray(pairs))
-    for L in L_all:
+    for L in logits_all(models, jnp.asarray(pairs)):
         per["train_loss"].append(fourier.cross_entropy(L[train_idx], y[train_idx]))
         per["test_loss"].append(fourier.cross_entropy(L[test_idx], y[test_idx]))
         R = fourier.restricted_logits(L, D)
