@@ -211,13 +211,7 @@ def train(cfg: Config, run_dir: Path, *, devices=None, progress=True, stop_after
 
 def load_history(cfg: Config, run_dir: Path) -> tuple[np.ndarray, tf.Transformer]:
     """Epochs ``[T]`` of every saved snapshot and the models, stacked ``[T, seeds, ...]``."""
-    steps = checkpoint.steps(run_dir / "params")
-    if not steps:
-        raise checkpoint.CheckpointError(f"no parameter snapshots in {run_dir / 'params'}; run the train stage first")
-    flats = [checkpoint.restore(run_dir / "params", t)[0] for t in steps]
-    like = init_model(jax.random.key(0), cfg)
-    stacked = {k: np.stack([f[k] for f in flats]) for k in flats[0]}
-    return np.array(steps), checkpoint.unflatten(like, stacked)
+    return checkpoint.history(run_dir / "params", init_model(jax.random.key(0), cfg))
 
 
 def _index(tree, *idx):

@@ -248,6 +248,19 @@ def eval_sets(cfg: Config) -> dict[str, jax.Array]:
             "rrt_len": jnp.int32(rrt_len)}
 
 
+def prev_token_score(patterns: jax.Array) -> jax.Array:
+    """Mean attention from each position i >= 1 to i - 1: ``[batch, layers, heads, q, k] -> [layers, heads]``."""
+    return jnp.diagonal(patterns, offset=-1, axis1=-2, axis2=-1).mean((0, -1))
+
+
+def induction_score(patterns: jax.Array, length: int) -> jax.Array:
+    """On [BOS] + R + R with |R| = ``length``: attention from each second-copy token to the token
+    after its first occurrence (ARENA's stripe at offset 1 - length), averaged over the second
+    copy's rows only, so a perfect induction head scores 1: ``[layers, heads]``."""
+    dest = jnp.arange(length + 1, 2 * length + 1)
+    return patterns[:, :, :, dest, dest - length + 1].mean((0, -1))
+
+
 def head_scores(model: tf.Transformer, ev: dict[str, jax.Array], cfg: Config) -> dict[str, jax.Array]:
     """Losses and every head's scores for one model on the evaluation sets (reference §2)."""
     T = cfg.seq_len
@@ -256,15 +269,9 @@ def head_scores(model: tf.Transformer, ev: dict[str, jax.Array], cfg: Config) ->
     rep = ev["train_rep"]
     early, late = slice(0, T // 5), slice(T - 1 - T // 5, T - 1)
     patterns = jnp.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(model.cfg.n_layers)], 1)
-    # previous-token score: mean attention from i to i-1 (i >= 1) on the training distribution
-    prev = jnp.diagonal(patterns, offset=-1, axis1=-2, axis2=-1).mean((0, -1))  # [layers, heads]
-    # induction score on [BOS] + R + R: attention from each second-copy token to the token after
-    # its first occurrence (ARENA's stripe, averaged over second-copy rows only, so its maximum is 1)
     rrt_logits, rrt_cache = tf.run_with_cache(model, ev["rrt"], lambda n: n.endswith("hook_pattern"))
-    L = int(ev["rrt_len"])
     rp = jnp.stack([rrt_cache[f"blocks.{l}.attn.hook_pattern"] for l in range(model.cfg.n_layers)], 1)
-    dest = jnp.arange(L + 1, 2 * L + 1)  # every token of the second copy
-    induction = rp[:, :, :, dest, dest - L + 1].mean((0, -1))
+    prev, induction = prev_token_score(patterns), induction_score(rp, int(ev["rrt_len"]))
     rrt_losses = token_losses(rrt_logits, ev["rrt"])
     return {
         "loss": losses.mean(),
@@ -328,12 +335,8 @@ def composition_baseline(cfg: Config, draws: int = 200) -> float:
 
 
 def load_snapshots(cfg: Config, run_dir: Path, group: str) -> tuple[np.ndarray, tf.Transformer]:
-    steps = checkpoint.steps(run_dir / "params" / group)
-    if not steps:
-        raise checkpoint.CheckpointError(f"no snapshots in {run_dir / 'params' / group}; run the train stage first")
-    flats = [checkpoint.restore(run_dir / "params" / group, t)[0] for t in steps]
-    like = tf.init(jax.random.key(0), model_config(cfg, GROUPS[group]))
-    return np.array(steps), checkpoint.unflatten(like, {k: np.stack([f[k] for f in flats]) for k in flats[0]})
+    """Steps ``[T]`` of every snapshot of a group and its models, stacked ``[T, seeds, ...]``."""
+    return checkpoint.history(run_dir / "params" / group, tf.init(jax.random.key(0), model_config(cfg, GROUPS[group])))
 
 
 def transition(steps: np.ndarray, rep_loss: np.ndarray, chance: float) -> dict[str, float]:

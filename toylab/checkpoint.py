@@ -99,3 +99,16 @@ def describe(state: Mapping[str, Any]) -> dict[str, Any]:
         "shapes": {k: list(np.shape(v)) for k, v in state.items()},
         "dtypes": {k: str(np.asarray(v).dtype) for k, v in state.items()},
     }
+
+
+def history(directory: Path, like: Any) -> tuple[np.ndarray, Any]:
+    """Every checkpoint in ``directory`` stacked on a new leading axis, shaped like ``like``.
+
+    Returns the steps ``[T]`` and the tree (each leaf ``[T, *saved shape]``): how an
+    analysis reads a run's parameter snapshots.
+    """
+    have = steps(directory)
+    if not have:
+        raise CheckpointError(f"no checkpoint in {directory}; run the train stage first")
+    flats = [restore(directory, t)[0] for t in have]
+    return np.array(have), unflatten(like, {k: np.stack([f[k] for f in flats]) for k in flats[0]})
