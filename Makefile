@@ -1,4 +1,5 @@
-# toylab: `make superposition` and `make test` set themselves up on a fresh clone.
+# toylab: `make superposition`, `make grokking`, `make induction` and `make test` set
+# themselves up on a fresh clone.
 # Everything runs inside .venv, installed from requirements.lock (exact versions).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -7,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 ARGS   ?=
 
-.PHONY: setup superposition grokking test bench smoke clean
+.PHONY: setup superposition grokking induction test bench smoke clean
 
 setup: $(STAMP)
 
@@ -28,9 +29,16 @@ superposition: $(STAMP)
 grokking: $(STAMP)
 	$(PY) -m experiments.grokking all --preset paper --out runs/grokking --figures figures/grokking $(ARGS)
 
+# The paper preset: 2-layer attention-only models (4 seeds) and 1-layer controls, into
+# runs/induction/, figures refreshed in figures/induction/. The bigram-data variant:
+# make induction ARGS="--preset markov --out runs/induction-markov --figures figures/induction-markov"
+induction: $(STAMP)
+	$(PY) -m experiments.induction all --preset paper --out runs/induction --figures figures/induction $(ARGS)
+
 smoke: $(STAMP)
 	$(PY) -m experiments.superposition all --preset smoke --out runs/smoke/superposition
 	$(PY) -m experiments.grokking all --preset smoke --out runs/smoke/grokking
+	$(PY) -m experiments.induction all --preset smoke --out runs/smoke/induction
 
 test: $(STAMP)
 	$(PY) -m pytest -q
