@@ -255,9 +255,12 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     logits = np.asarray(logits[:, -1])
     out["attn_to_a"] = np.asarray(cache[names[0]][:, :, 0, 0]).T.reshape(-1, p, p)  # [head, a, b]
     post = np.asarray(cache[names[1]][:, 0]).reshape(p, p, -1)
-    out["neurons"] = post[:, :, :4].transpose(2, 0, 1)
-    out["neuron_0_fourier"] = fourier.fft2d(post[:, :, 0], F)
     out["neuron_freq"], out["neuron_frac"] = fourier.neuron_frequencies(post, F)
+    # the first four neurons that one frequency explains (> 0.85), or the first four if none is
+    shown = (list(np.flatnonzero(out["neuron_frac"] > 0.85)) + list(range(post.shape[-1])))[:4]
+    out["neuron_ids"] = np.array(shown)
+    out["neurons"] = post[:, :, shown].transpose(2, 0, 1)
+    out["neuron_fourier"] = fourier.fft2d(post[:, :, shown[0]], F)
     out["logit_fourier_norms"] = np.linalg.norm(fourier.fft2d(logits.reshape(p, p, p), F), axis=-1)
     out["logit_fve"] = np.array(fourier.logit_fve(logits, p, keys))
     out["W_L_fourier"] = F @ weight_l(final).T  # [component, neuron]
@@ -413,7 +416,10 @@ PHASE_NAMES = ("memorisation", "circuit formation", "cleanup")
 
 
 def _mark_phases(ax, a: dict[str, np.ndarray], label: bool = True) -> None:
-    """Shade the three phases of seed 0 (rules in ``phases``)."""
+    """Shade the three phases of seed 0 (rules in ``phases``); epochs in thousands on the x axis."""
+    import matplotlib.ticker as mticker
+
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0"))
     ends = phases(a, 0)
     starts = (0.0, *ends[:2])
     for (x0, x1), name, c in zip(zip(starts, ends), PHASE_NAMES, ("#f4d8c8", "#d8e4f0", "#d9ecd0")):
@@ -483,7 +489,8 @@ def fig_activations(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
 
     att, neu = a["s0.attn_to_a"], a["s0.neurons"]
     n = max(len(att), len(neu))
-    fig, axes = plt.subplots(2, n, figsize=(2.7 * n, 5.6), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(3.4 * n, 6.2), squeeze=False)
+    fig.subplots_adjust(wspace=0.55, hspace=0.4)
     for h in range(n):
         for row, data, name, cmap in ((0, att, "head", "viridis"), (1, neu, "neuron", "magma")):
             ax = axes[row, h]
@@ -491,11 +498,13 @@ def fig_activations(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
                 ax.axis("off")
                 continue
             im = ax.imshow(data[h], origin="lower", cmap=cmap)
-            ax.set_title(f"{name} {h}" + (": attention from = to a" if row == 0 and h == 0 else ""), fontsize=8)
+            idx = h if row == 0 else int(a["s0.neuron_ids"][h])
+            ax.set_title(f"{name} {idx}" + (": attention from = to a" if row == 0 and h == 0 else ""), fontsize=8)
             ax.set_xlabel("b")
             ax.set_ylabel("a")
             fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle("Top: attention of each head from '=' to a, over all inputs (a, b); bottom: MLP neurons at '='")
+    fig.suptitle("Top: attention of each head from '=' to a, over all inputs (a, b); bottom: MLP neurons at '=' "
+                 "(the first four that one frequency explains)")
     return savefig(fig, path)
 
 
@@ -506,7 +515,7 @@ def fig_logits(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
 
     _, names = fourier.fourier_basis(cfg.p)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, data, title in ((axes[0], a["s0.neuron_0_fourier"], "Neuron 0 in the 2-D Fourier basis"),
+    for ax, data, title in ((axes[0], a["s0.neuron_fourier"], f"Neuron {int(a['s0.neuron_ids'][0])} in the 2-D Fourier basis"),
                             (axes[1], a["s0.logit_fourier_norms"], "Logits: norm over outputs c, 2-D Fourier basis")):
         lim = np.abs(data).max()
         im = ax.imshow(data, origin="lower", cmap="coolwarm" if data.min() < 0 else "viridis",
@@ -603,9 +612,9 @@ FIGURES = [
     ("fourier", fig_fourier, "Norms of the Fourier components of the embedding (left) and of the map from "
      "neurons to logits (right) in the final model. A handful of frequencies carry all the weight: the model "
      "represents numbers as waves cos(w_k a), sin(w_k a) at those key frequencies."),
-    ("activations", fig_activations, "Attention from '=' to a for each head (top) and the first MLP neurons "
-     "(bottom) over every input (a, b): periodic stripes and checkerboards, i.e. functions of a few frequencies."),
-    ("logits", fig_logits, "Left: neuron 0 in the 2-D Fourier basis, nonzero only at one frequency's const, "
+    ("activations", fig_activations, "Attention from '=' to a for each head (top) and MLP neurons (bottom) over "
+     "every input (a, b): periodic stripes and checkerboards, i.e. functions of a few frequencies."),
+    ("logits", fig_logits, "Left: one neuron in the 2-D Fourier basis, nonzero only at one frequency's const, "
      "linear and product terms. Right: the logits in the same basis: only the key frequencies' product terms "
      "survive, as cos(w_k(a+b-c)) needs; the title gives the share of variance those terms explain (paper: 95%)."),
     ("neurons", fig_neurons, "Each neuron's frequency and the share of its variance that frequency explains "
