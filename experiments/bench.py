@@ -2,7 +2,7 @@
 
     python -m experiments.bench [--steps 200]
 
-For each configuration it times the experiment's real compiled chunk (the same
+For each configuration (superposition, grokking, induction) it times the experiment's real compiled chunk (the same
 program ``train`` runs, sharded the same way) after a warm-up, and prints seconds
 per 10,000 steps beside a roofline: the matmul FLOPs the step needs divided by the
 float32 matmul rate measured here, in this run. It also times the data generator
@@ -112,6 +112,44 @@ def bench_grokking(rate: float, steps: int) -> dict:
             "gflop": grokking_flops(cfg) / 1e9, "epochs_min": cfg.n_epochs * t_step / 60}
 
 
+def induction_flops_per_token(cfg, n_layers: int) -> float:
+    """FLOPs one training token needs in an attention-only model (forward x 3).
+
+    Per layer the four d_model x (heads x d_head) projections, and scores plus mixing
+    over the (T + 1) / 2 keys a causal query sees on average; then the unembedding.
+    """
+    hd = cfg.n_heads * cfg.d_head
+    per_layer = 4 * 2 * cfg.d_model * hd + 2 * 2 * hd * (cfg.seq_len + 1) / 2
+    return 3 * (n_layers * per_layer + 2 * cfg.d_model * (cfg.n_tokens + 1))
+
+
+def bench_induction(rate: float, steps: int) -> list[dict]:
+    """The paper preset's compiled chunks: 2-layer and 1-layer models, all seeds, as ``train`` shards them."""
+    from experiments import induction as exp
+
+    cfg = exp.PRESETS["paper"]
+    rows = []
+    for group, n_layers in exp.GROUPS.items():
+        init, step = exp.make_train(cfg, n_layers)
+        sharding = model_sharding(jax.devices()[:cfg.n_seeds])
+        hp = jax.device_put(jnp.zeros(cfg.n_seeds), sharding)
+        state = jax.jit(jax.vmap(init), out_shardings=sharding)(exp.model_keys(cfg, group), hp)
+        chunk = make_chunk(step, steps, steps, name=f"bench-induction-{group}")
+        box = {"state": state}
+
+        def run(hp):
+            box["state"], logs = chunk(box["state"], hp, jnp.int32(0))
+            return logs
+
+        t_step = _time(run, hp) / steps
+        tokens = cfg.n_seeds * cfg.batch_size * cfg.seq_len
+        flops = induction_flops_per_token(cfg, n_layers) * tokens
+        rows.append({"config": f"induction {group} x {cfg.n_seeds} seeds (batch {cfg.batch_size} x {cfg.seq_len})",
+                     "tokens_per_s": tokens / t_step, "roofline_tokens_per_s": tokens / (flops / rate),
+                     "ms_per_step": t_step * 1e3, "run_min": cfg.n_steps * t_step / 60})
+    return rows
+
+
 def _naive_batch(key: jax.Array, density: jax.Array, n: int, batch: int) -> jax.Array:
     """The notebook's generator in jax.random: two uniform draws per feature."""
     k1, k2 = jax.random.split(key)
@@ -143,6 +181,11 @@ def main(argv=None) -> int:
           f"40,000 epochs in {g['epochs_min']:.1f} min")
     print("  (timed: the training chunk as run, its test-loss evaluation every 10 epochs included; layer 0 "
           "projects W_E and W_pos rows instead of every input's residual, so it computes fewer FLOPs than counted)")
+    print()
+    for r in bench_induction(rate, min(args.steps, 100)):
+        print(f"{r['config']}: {r['tokens_per_s'] / 1e3:.0f}k tokens/s, roofline {r['roofline_tokens_per_s'] / 1e3:.0f}k "
+              f"-> {r['roofline_tokens_per_s'] / r['tokens_per_s']:.1f} x roofline; {r['ms_per_step']:.1f} ms per step, "
+              f"the preset's steps in {r['run_min']:.1f} min")
     return 0
 
 
