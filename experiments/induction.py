@@ -345,13 +345,28 @@ def load_snapshots(cfg: Config, run_dir: Path, group: str) -> tuple[np.ndarray, 
     return checkpoint.history(run_dir / "params" / group, tf.init(jax.random.key(0), model_config(cfg, GROUPS[group])))
 
 
-def transition(steps: np.ndarray, rep_loss: np.ndarray, chance: float) -> dict[str, float]:
-    """When the repeated-token loss fell 10%, 50% and 90% of the way from chance to its final value."""
-    final = float(np.mean(rep_loss[-max(len(rep_loss) // 20, 1):]))
+def _final(x: np.ndarray) -> float:
+    """Mean of the last 5% of a logged curve."""
+    return float(np.mean(x[-max(len(x) // 20, 1):]))
+
+
+def plateau(a: dict[str, np.ndarray]) -> float:
+    """The repeated-token loss one layer reaches: the 1-layer controls' final value, mean over seeds.
+
+    Both models first learn to bet on tokens already seen (an in-context unigram, from
+    ln V to ~3.7 nats here); the phase change is the drop below what one layer can do.
+    """
+    return float(np.mean([_final(x) for x in a["1L.log_repeated_loss"]]))
+
+
+def transition(steps: np.ndarray, rep_loss: np.ndarray, start: float, chance: float) -> dict[str, float]:
+    """When the repeated-token loss fell 10%, 50% and 90% of the way from ``start`` (the plateau)
+    to its final value; ``drop`` is measured from chance."""
+    final = _final(rep_loss)
     out = {"final": final, "drop": chance - final}
     for f in (0.1, 0.5, 0.9):
-        hit = np.flatnonzero(rep_loss < chance - f * (chance - final))
-        out[f"t{int(f * 100)}"] = float(steps[hit[0]]) if hit.size and out["drop"] > 0 else float("inf")
+        hit = np.flatnonzero(rep_loss < start - f * (start - final))
+        out[f"t{int(f * 100)}"] = float(steps[hit[0]]) if hit.size and final < start else float("inf")
     return out
 
 
@@ -410,13 +425,14 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
     chance = float(a["chance"])
     S = cfg.n_seeds
     checks = []
-    tr = {g: [transition(a[f"{g}.log_steps"], a[f"{g}.log_repeated_loss"][s], chance) for s in range(S)]
+    start = plateau(a)
+    tr = {g: [transition(a[f"{g}.log_steps"], a[f"{g}.log_repeated_loss"][s], start, chance) for s in range(S)]
           for g in GROUPS}
     two = [[t["t10"], t["t50"], t["t90"], round(t["drop"], 2)] for t in tr["2L"]]
     checks.append(report.Check(
         "2-layer: repeated-token loss plateau, then drop [t10, t50, t90, drop in nats] per seed", two,
-        "every seed: drop >= 2 nats; plateau t10 >= 5% of training; window t90 - t10 <= t50 "
-        "(public runs: 0.3..0.7 x t50, §3.2)",
+        "every seed: drop from chance >= 2 nats; t10 >= 5% of training; window t90 - t10 <= t50 (public runs: "
+        "0.3..0.7 x t50, §3.2); t10..t90 measured from the 1-layer plateau to the final loss",
         all(t["drop"] >= 2 and t["t10"] >= 0.05 * cfg.n_steps and t["t90"] - t["t10"] <= t["t50"] for t in tr["2L"])))
     one = [round(t["drop"], 2) for t in tr["1L"]]
     checks.append(report.Check(
@@ -463,14 +479,16 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
 
 def _window(a: dict[str, np.ndarray], cfg: Config) -> tuple[float, float]:
     """The phase-change window over the 2-layer seeds: earliest t10 to latest t90."""
-    ts = [transition(a["2L.log_steps"], a["2L.log_repeated_loss"][s], float(a["chance"])) for s in range(cfg.n_seeds)]
+    ts = [transition(a["2L.log_steps"], a["2L.log_repeated_loss"][s], plateau(a), float(a["chance"]))
+          for s in range(cfg.n_seeds)]
     return min(t["t10"] for t in ts), max(t["t90"] for t in ts)
 
 
 def _shade(ax, a, cfg, label=True) -> None:
     t0, t1 = _window(a, cfg)
     if np.isfinite(t0) and np.isfinite(t1):
-        ax.axvspan(t0, t1, color="#f4d8c8", alpha=0.6, lw=0, label="phase change (2L seeds, t10..t90)" if label else None)
+        ax.axvspan(t0, t1, color="#f4d8c8", alpha=0.6, lw=0,
+                   label="phase change (2L seeds, t10..t90 below the 1L plateau)" if label else None)
 
 
 def fig_loss(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
@@ -582,7 +600,8 @@ def fig_composition(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     from toylab.plotting import savefig
 
     base = float(a["composition_baseline"])
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig.subplots_adjust(wspace=0.45)
     lim = max(float(np.abs(a[f"2L.comp_{n}"][0] - base).max()) for n in "QKV")
     for ax, n in zip(axes, "QKV"):
         im = ax.imshow(a[f"2L.comp_{n}"][0] - base, cmap="coolwarm", vmin=-lim, vmax=lim)
