@@ -30,6 +30,17 @@ def _time(fn, *args, repeats: int = 3) -> float:
     return best
 
 
+def _time_chunk(chunk, state, hp, t0: int) -> float:
+    """Best time of one call of a compiled chunk (it donates its state, so each call takes the last one's)."""
+    box = {"state": state}
+
+    def run(hp):
+        box["state"], logs = chunk(box["state"], hp, jnp.int32(t0))
+        return logs
+
+    return _time(run, hp)
+
+
 def matmul_rate() -> float:
     """Best float32 matmul FLOP/s on this machine (all cores, one device), over a few sizes."""
     rates = []
@@ -54,13 +65,7 @@ def bench_superposition(rate: float, steps: int) -> list[dict]:
         keys = jax.random.split(jax.random.key(0), k)
         state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys, hp)
         chunk = make_chunk(step, steps, steps, name=f"bench{n}")
-        box = {"state": state}
-
-        def run(hp):
-            box["state"], logs = chunk(box["state"], hp, jnp.int32(0))
-            return logs
-
-        t_step = _time(run, hp) / steps
+        t_step = _time_chunk(chunk, state, hp, 0) / steps
         gen = jax.jit(jax.vmap(lambda key, p: jax.lax.scan(
             lambda c, t: (c + exp.make_batch(jax.random.fold_in(key, t), p, n, cfg.batch_size).sum(), None),
             0.0, jnp.arange(steps))[0]))
@@ -100,13 +105,7 @@ def bench_grokking(rate: float, steps: int) -> dict:
         hp = jax.device_put(jax.tree.map(jnp.asarray, exp.seed_data(cfg)), sharding)
         state = jax.jit(jax.vmap(init), out_shardings=sharding)(jax.random.key(0)[None], hp)
         chunk = make_chunk(step, steps, 1, name="bench-grokking")
-        box = {"state": state}
-
-        def run(hp):
-            box["state"], logs = chunk(box["state"], hp, jnp.int32(100))
-            return logs
-
-        t_step = _time(run, hp) / steps
+        t_step = _time_chunk(chunk, state, hp, 100) / steps
     return {"config": f"grokking p={cfg.p} (full batch {int(cfg.frac_train * cfg.p ** 2)})",
             "ms_per_step": t_step * 1e3, "roofline_ms": grokking_flops(cfg) / rate * 1e3,
             "gflop": grokking_flops(cfg) / 1e9, "epochs_min": cfg.n_epochs * t_step / 60}
@@ -135,13 +134,7 @@ def bench_induction(rate: float, steps: int) -> list[dict]:
         hp = jax.device_put(jnp.zeros(cfg.n_seeds), sharding)
         state = jax.jit(jax.vmap(init), out_shardings=sharding)(exp.model_keys(cfg, group), hp)
         chunk = make_chunk(step, steps, steps, name=f"bench-induction-{group}")
-        box = {"state": state}
-
-        def run(hp):
-            box["state"], logs = chunk(box["state"], hp, jnp.int32(0))
-            return logs
-
-        t_step = _time(run, hp) / steps
+        t_step = _time_chunk(chunk, state, hp, 0) / steps
         tokens = cfg.n_seeds * cfg.batch_size * cfg.seq_len
         flops = induction_flops_per_token(cfg, n_layers) * tokens
         rows.append({"config": f"induction {group} x {cfg.n_seeds} seeds (batch {cfg.batch_size} x {cfg.seq_len})",

@@ -4,13 +4,16 @@ The library is small on purpose; each experiment in ``experiments/`` reads top t
 bottom and calls into these modules:
 
 - ``toylab.config``: frozen-dataclass configs, presets, validation, the command line.
+- ``toylab.experiment``: the stages, run directory and report every experiment shares.
 - ``toylab.rng``: a fast counter-based uniform generator used inside training steps.
 - ``toylab.train``: chunked ``lax.scan`` training of many models in one vmapped,
   sharded, compiled program, with checkpoints between chunks and exact resume.
 - ``toylab.checkpoint``: the only module that imports Orbax.
+- ``toylab.transformer``: an Equinox transformer with TransformerLens names, shapes and hooks.
+- ``toylab.patching``: head ablation and activation patching, a whole grid in one vmap.
 - ``toylab.report``: checks against the paper and the run's report.
 - ``toylab.plotting``: one matplotlib style and deterministic PNGs.
-- ``toylab.analysis``: the papers' measurements (superposition, ...).
+- ``toylab.analysis``: the papers' measurements (superposition, fourier).
 """
 
 __version__ = "0.1.0"
