@@ -26,7 +26,6 @@ import random
 import time
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +33,6 @@ import optax
 
 from toylab import checkpoint, config, experiment, report
 from toylab import transformer as tf
-
 from toylab.analysis import fourier
 from toylab.config import require
 from toylab.train import train_models
