@@ -509,7 +509,7 @@ def fig_loss(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
         ax.set_title(title)
         ax.legend(loc="lower left", fontsize=8)
     axes[0].set_ylabel("cross-entropy (nats)")
-    fig.suptitle("The phase change: the 2-layer model's loss drops abruptly; the 1-layer control's does not")
+    fig.suptitle(f"Training loss of the 2-layer models and the 1-layer controls ({cfg.n_seeds} seeds each)")
     return savefig(fig, path)
 
 
