@@ -279,6 +279,7 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
 
     # Progress measures over every snapshot, with the final model's key frequencies.
     D = fourier.sum_directions(p, keys)
+    D_each = [fourier.sum_directions(p, [k]) for k in keys]
     per = {k: [] for k in ("train_loss", "test_loss", "restricted_loss", "restricted_test_loss", "excluded_loss")}
     per["excluded_each"] = []
     for L in logits_all(models, jnp.asarray(pairs)):
@@ -289,7 +290,7 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
         per["restricted_test_loss"].append(fourier.cross_entropy(R[test_idx], y[test_idx]))
         per["excluded_loss"].append(fourier.cross_entropy(fourier.excluded_logits(L, D)[train_idx], y[train_idx]))
         per["excluded_each"].append([fourier.cross_entropy(
-            fourier.excluded_logits(L, fourier.sum_directions(p, [k]))[train_idx], y[train_idx]) for k in keys])
+            fourier.excluded_logits(L, Dk)[train_idx], y[train_idx]) for Dk in D_each])
     out.update({f"ckpt_{k}": np.array(v) for k, v in per.items()})
     n = len(epochs)
     out["ckpt_gini_W_E"] = np.array([fourier.gini(fourier.frequency_norms(fourier.component_norms(

@@ -209,7 +209,7 @@ class _Hooks:
 
     def wants(self, name: str) -> bool:
         """Whether an optional activation (``hook_result``) must be computed."""
-        return self.keep(name) or any(_matches(sel, name) for sel, _ in self.fwd_hooks)
+        return self.keep(name) or self.edits(name)
 
     def edits(self, name: str) -> bool:
         """Whether a hook may replace this activation."""
