@@ -71,7 +71,7 @@ def test_hand_written_gradient_equals_autodiff():
     for k in (0, 1):  # the linear model, then a ReLU model
         h = jax.tree.map(lambda a: jnp.asarray(a[k]), hp)
         loss, grads = jax.value_and_grad(exp.loss_fn)(params, x, h)
-        loss2, grads2 = exp.loss_and_grad(params, x, h)
+        loss2, grads2 = exp.loss_and_grad(params, x.T, h)
         np.testing.assert_allclose(loss2, loss, rtol=1e-6)
         for name in grads:
             np.testing.assert_allclose(grads2[name], grads[name], rtol=1e-4, atol=1e-8)

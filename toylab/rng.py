@@ -44,22 +44,29 @@ def key_words(key: jax.Array) -> UInt32[Array, "2"]:
     return jax.random.key_data(key).astype(jnp.uint32).reshape(2)
 
 
-def uniform(key: jax.Array, shape: tuple[int, ...]) -> Float[Array, "..."]:
+def uniform(key: jax.Array, shape: tuple[int, ...], split_axis: int = 0) -> Float[Array, "..."]:
     """Uniform float32 in [0, 1), 23 random mantissa bits, like ``jax.random.uniform``.
 
-    Each Threefry call yields two words: the first half of the leading axis takes the
+    Each Threefry call yields two words: the first half of ``split_axis`` takes the
     first word of each counter, the second half the second word. (Laying counters out
-    in the array's own shape, rather than flat, lets XLA fuse this with its consumer.)
+    in the array's own shape, rather than flat, lets XLA fuse this with its consumer;
+    ``split_axis`` picks the layout that fuses best with it, and changes which numbers
+    land where, not their distribution.)
     """
-    lead = shape[0] if shape else 1
-    rest = tuple(shape[1:])
-    half = (lead + 1) // 2
+    shape = tuple(shape) or (1,)
+    axis = split_axis % len(shape)
+    half_shape = shape[:axis] + ((shape[axis] + 1) // 2,) + shape[axis + 1:]
     size = 1
-    for s in rest:
+    for s in half_shape:
         size *= s
-    counter = jax.lax.iota(jnp.uint32, half * size).reshape((half, *rest))
+    counter = jax.lax.iota(jnp.uint32, size).reshape(half_shape)
     a, b = threefry2x32(key_words(key), counter, jnp.zeros_like(counter))
-    bits = jnp.concatenate([a, b], axis=0)[:lead].reshape(shape)
+    bits = jnp.stack([a, b], axis=axis)  # [..., 2, half, ...]
+    bits = bits.reshape(shape[:axis] + (2 * half_shape[axis],) + shape[axis + 1:])
+    return _to_unit_float(jax.lax.slice_in_dim(bits, 0, shape[axis], axis=axis))
+
+
+def _to_unit_float(bits: UInt32[Array, "..."]) -> Float[Array, "..."]:
     # Put 23 random bits in the mantissa of a float in [1, 2), then shift to [0, 1).
     one_to_two = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
     return one_to_two - 1.0
