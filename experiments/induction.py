@@ -315,19 +315,20 @@ def copying_scores(model: tf.Transformer) -> jax.Array:
     return ev.real.sum(-1) / jnp.abs(ev).sum(-1)
 
 
-def composition_scores(model: tf.Transformer) -> dict[str, np.ndarray]:
+def composition_scores(model: tf.Transformer) -> dict[str, jax.Array]:
     """Q-, K- and V-composition from each layer-0 head into each layer-1 head: ``[heads0, heads1]``.
 
     Elhage et al. 2021 in the row-vector convention of TransformerLens: with
     left = W_OV of the layer-0 head, K uses left @ W_QK^T, Q uses left @ W_QK, V uses left @ W_OV
-    of the layer-1 head; score = ||left @ right||_F / (||left||_F ||right||_F).
+    of the layer-1 head; score = ||left @ right||_F / (||left||_F ||right||_F). Pure jnp, so an
+    analysis can vmap it over every snapshot and seed.
     """
-    OV, QK = (np.asarray(x, np.float64) for x in ov_qk(model))
+    OV, QK = ov_qk(model)
+    norm = lambda m: jnp.sqrt(jnp.sum(m * m, axis=(-2, -1)))  # noqa: E731
     out = {}
     for name, right in (("Q", QK[1]), ("K", QK[1].transpose(0, 2, 1)), ("V", OV[1])):
-        prod = np.einsum("adm,bmn->abdn", OV[0], right)
-        out[name] = np.linalg.norm(prod, axis=(-2, -1)) / (
-            np.linalg.norm(OV[0], axis=(-2, -1))[:, None] * np.linalg.norm(right, axis=(-2, -1))[None])
+        prod = jnp.einsum("adm,bmn->abdn", OV[0], right)
+        out[name] = norm(prod) / (norm(OV[0])[:, None] * norm(right)[None])
     return out
 
 
@@ -416,9 +417,10 @@ def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
                                                    for l in range(GROUPS[group])], 1)  # [seeds, layers, heads, q, k]
         out[f"{group}.rrt_tokens"] = np.asarray(rrt[0])
         if GROUPS[group] == 2:
+            comp = jax.jit(jax.vmap(jax.vmap(composition_scores)))(models)  # [T, seeds, heads0, heads1]
             for name in ("Q", "K", "V"):
-                out[f"{group}.comp_{name}"] = np.stack([composition_scores(jax.tree.map(lambda x: x[s], final))[name]
-                                                        for s in range(cfg.n_seeds)])
+                out[f"{group}.comp_{name}"] = np.asarray(comp[name][-1])  # the final models
+                out[f"{group}.comp_{name}_history"] = np.asarray(comp[name])
     out["eval_lengths"] = np.array(EVAL_LENGTHS)
     np.savez(run_dir / "analysis.npz", **out)
     return out
@@ -612,7 +614,7 @@ def fig_composition(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     from toylab.plotting import savefig
 
     base = float(a["composition_baseline"])
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4), gridspec_kw={"width_ratios": [1, 1, 1, 1.6]})
     fig.subplots_adjust(wspace=0.45)
     lim = max(float(np.abs(a[f"2L.comp_{n}"][0] - base).max()) for n in "QKV")
     for ax, n in zip(axes, "QKV"):
@@ -623,7 +625,26 @@ def fig_composition(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
         ax.set_xticks(range(cfg.n_heads))
         ax.set_yticks(range(cfg.n_heads))
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"Composition scores, seed 0, final model (random-matrix baseline {base:.3f} subtracted)")
+    ax = axes[3]
+    _shade(ax, a, cfg)
+    for s in range(cfg.n_seeds):
+        h1, h0 = circuit_heads(a, s)
+        K = a["2L.comp_K_history"][:, s]  # [T, heads0, heads1]
+        others = np.delete(K[:, :, h1], h0, axis=1).max(1) if cfg.n_heads > 1 else None
+        ax.plot(a["2L.steps"], K[:, h0, h1], color="C3", lw=1.2, alpha=1 if s == 0 else 0.5,
+                label="previous-token head -> induction head" if s == 0 else None)
+        if others is not None:
+            ax.plot(a["2L.steps"], others, color="grey", lw=1, alpha=1 if s == 0 else 0.5,
+                    label="best other layer-0 head -> induction head" if s == 0 else None)
+    ax.axhline(base, color="k", ls=":", lw=1, label="random-matrix baseline")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("K-composition")
+    ax.set_title("K-composition over training (every seed)")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.45 * (hi - lo))  # room for the legend above the curves
+    ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"Composition scores: heatmaps for seed 0's final model (random-matrix baseline {base:.3f} "
+                 "subtracted); right, the circuit's K-composition over training")
     return savefig(fig, path)
 
 
@@ -703,7 +724,8 @@ FIGURES = [
     ("loss_by_position", fig_loss_by_position, "Per-token loss on [BOS] + R + R before and after the phase change: "
      "the first copy stays at chance; after it, the second copy is predicted almost perfectly."),
     ("composition", fig_composition, "Q-, K- and V-composition from each layer-0 head into each layer-1 head, "
-     "minus the random-matrix baseline. The previous-token head feeds the induction head's keys: K-composition."),
+     "minus the random-matrix baseline. The previous-token head feeds the induction head's keys: K-composition. "
+     "Right: that K-composition over training (heads picked on the final model) rises during the phase change."),
     ("copying", fig_copying, "OV-circuit eigenvalue positivity per head: +1 means the head copies the token it "
      "attends to into the logits. Induction heads copy."),
     ("ablation", fig_ablation, "Loss on the repeated tokens with one head's output zero-ablated (through the "
