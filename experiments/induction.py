@@ -398,6 +398,9 @@ def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
         # zero-ablate each head's output (hook_z) on [BOS] + R + R: one vmapped grid per model
         out[f"{group}.ablation"] = np.asarray(jax.jit(jax.vmap(
             lambda m: patching.patch_grid(m, rrt, rep_loss, mode="zero")))(final))
+        # and every head of a layer at once: [seeds, layers]
+        out[f"{group}.layer_ablation"] = np.asarray(jax.jit(jax.vmap(lambda m: jax.vmap(
+            lambda l: rep_loss(patching.patch_heads(m, rrt, l, None, mode="zero")))(jnp.arange(GROUPS[group]))))(final))
         # Held-out repeat lengths, two ways: placed as in training (a span copied from a random
         # start to a random later start), and as [BOS] + R + R at the very start, where short
         # spans also put the second copy at positions no training repeat reaches (dst >= repeat_min + 1).
@@ -674,15 +677,18 @@ def fig_ablation(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
 
     from toylab.plotting import savefig
 
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    im = ax.imshow(a["2L.ablation"][0], cmap="magma", vmin=0, vmax=float(a["chance"]))
-    for (l, h), v in np.ndenumerate(a["2L.ablation"][0]):
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    grid = np.concatenate([a["2L.ablation"][0], a["2L.layer_ablation"][0][:, None]], axis=1)  # last column: all heads
+    im = ax.imshow(grid, cmap="magma", vmin=0, vmax=float(a["chance"]))
+    for (l, h), v in np.ndenumerate(grid):
         ax.text(h, l, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 * float(a["chance"]) else "k")
-    ax.set_xticks(range(cfg.n_heads))
+    ax.axvline(cfg.n_heads - 0.5, color="w", lw=3)
+    ax.set_xticks(range(cfg.n_heads + 1), [str(h) for h in range(cfg.n_heads)] + ["all"])
     ax.set_yticks(range(2))
-    ax.set_xlabel("head")
+    ax.set_xlabel("head zero-ablated (all: every head of the layer)")
     ax.set_ylabel("layer")
-    ax.set_title(f"Repeated-token loss with one head zero-ablated (clean {float(a['2L.rrt_repeated_loss'][-1, 0]):.2f})")
+    ax.set_title(f"Repeated-token loss on [BOS]+R+R, seed 0 (clean {float(a['2L.rrt_repeated_loss'][-1, 0]):.2f}, "
+                 f"chance {float(a['chance']):.2f})", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, label="nats")
     return savefig(fig, path)
 
@@ -729,7 +735,9 @@ FIGURES = [
     ("copying", fig_copying, "OV-circuit eigenvalue positivity per head: +1 means the head copies the token it "
      "attends to into the logits. Induction heads copy."),
     ("ablation", fig_ablation, "Loss on the repeated tokens with one head's output zero-ablated (through the "
-     "patching verb, one vmapped grid): ablating the previous-token or the induction head undoes induction."),
+     "patching verb, one vmapped grid), and with every head of a layer at once (right column). Ablating the "
+     "previous-token head undoes induction; when both layer-1 heads do induction, removing one leaves the "
+     "other, and only removing both sends the loss to chance."),
     ("generalisation", fig_generalisation, "Loss on the repeated tokens for repeat lengths outside the training "
      "range (grey band): a real induction circuit does not care about the length; a positional shortcut would. "
      "Circles: spans placed as in training; crosses: [BOS] + R + R at the start, where a short span's second "

@@ -49,3 +49,12 @@ def test_activation_patching_from_another_run_restores_it():
              for h in patching.head_hooks(CFG, l, hd, mode="patch", source=src)[l:l + 1]]
     _, cache = tf.run_with_cache(MODEL, TOKS, fwd_hooks=hooks)
     np.testing.assert_allclose(cache["blocks.1.hook_attn_out"], src["blocks.1.hook_attn_out"], atol=1e-5)
+
+
+def test_head_none_ablates_the_whole_layer():
+    out = patching.patch_heads(MODEL, TOKS, 1, None, mode="zero")
+    hook = ("blocks.1.attn.hook_z", lambda z, _: jnp.zeros_like(z))
+    np.testing.assert_allclose(out, tf.run_with_hooks(MODEL, TOKS, [hook]), atol=1e-6)
+    # layer 1 contributes nothing: the logits are those of layer 0 alone, read off the cache
+    _, cache = tf.run_with_cache(MODEL, TOKS)
+    np.testing.assert_allclose(out, cache["blocks.0.hook_resid_post"] @ MODEL.unembed.W_U, atol=1e-5)

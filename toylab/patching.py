@@ -28,6 +28,9 @@ def head_hooks(cfg: tf.TransformerConfig, layer: jax.Array, head: jax.Array, pos
                site: str = "z", mode: str = "zero", source: Mapping[str, jax.Array] | None = None) -> list:
     """Forward hooks that replace head ``head`` of layer ``layer`` (at query ``position``, or all).
 
+    ``head=None`` patches every head of the layer at once (e.g. to ablate a redundant
+    group of heads).
+
     ``site``: "z" (``[batch, pos, head, d_head]``) or "pattern" (``[batch, head, q, k]``).
     ``mode``: "zero"; "mean" (the mean over the batch, so each position keeps its
     average); "patch" (the activation from ``source``, a cache of another run).
@@ -44,7 +47,8 @@ def head_hooks(cfg: tf.TransformerConfig, layer: jax.Array, head: jax.Array, pos
         def hook(x: jax.Array, _: str) -> jax.Array:
             shape = [1] * x.ndim
             shape[head_axis] = x.shape[head_axis]
-            sel = (jnp.arange(x.shape[head_axis]) == head).reshape(shape) & (layer == l)
+            heads = jnp.arange(x.shape[head_axis])
+            sel = ((heads >= 0) if head is None else (heads == head)).reshape(shape) & (layer == l)
             if position is not None:
                 pshape = [1] * x.ndim
                 pshape[pos_axis] = x.shape[pos_axis]
