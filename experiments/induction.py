@@ -599,7 +599,7 @@ def fig_loss_by_position(cfg: Config, a: dict[str, np.ndarray], path: Path) -> P
     t0, _ = _window(a, cfg)
     steps = a["2L.steps"]
     before = int(np.flatnonzero(steps <= t0)[-1]) if np.isfinite(t0) and (steps <= t0).any() else 0
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, (ax, hm) = plt.subplots(1, 2, figsize=(14, 4), gridspec_kw={"width_ratios": [1, 1.1]})
     L = (cfg.repeat_min + cfg.repeat_max) // 2
     for idx, lab, c in ((before, f"before (step {steps[before]})", "C0"), (-1, f"after (step {steps[-1]})", "C3")):
         ax.plot(np.arange(1, cfg.seq_len), a["2L.rrt_loss_by_position"][idx, 0], color=c, label=lab)
@@ -607,8 +607,20 @@ def fig_loss_by_position(cfg: Config, a: dict[str, np.ndarray], path: Path) -> P
     ax.axhline(float(a["chance"]), color="grey", ls=":", lw=1, label="chance")
     ax.set_xlabel("position of the predicted token")
     ax.set_ylabel("loss (nats), mean over the eval batch")
-    ax.set_title("Per-token loss on [BOS] + R + R (+ random filler), 2-layer seed 0")
+    ax.set_title("Before and after the phase change")
     ax.legend(fontsize=8)
+    # Olsson's 2-D view: every snapshot (rows) by position (columns).
+    im = hm.imshow(a["2L.rrt_loss_by_position"][:, 0], aspect="auto", origin="lower", cmap="magma",
+                   extent=(0.5, cfg.seq_len - 0.5, steps[0], steps[-1]), vmin=0, vmax=1.3 * float(a["chance"]))
+    t0, t1 = _window(a, cfg)
+    for t in (t0, t1):
+        if np.isfinite(t):
+            hm.axhline(t, color="w", ls="--", lw=0.8)
+    hm.set_xlabel("position of the predicted token")
+    hm.set_ylabel("training step")
+    hm.set_title("Every snapshot (dashed: the phase-change window)")
+    fig.colorbar(im, ax=hm, fraction=0.046, label="loss (nats)")
+    fig.suptitle("Per-token loss on [BOS] + R + R (+ random filler), 2-layer seed 0")
     return savefig(fig, path)
 
 
@@ -729,7 +741,9 @@ FIGURES = [
      "position back (sub-diagonal); the induction head attends, in the second copy, to the token after the "
      "current token's first occurrence (the stripe |R| - 1 below the diagonal), and to BOS otherwise."),
     ("loss_by_position", fig_loss_by_position, "Per-token loss on [BOS] + R + R before and after the phase change: "
-     "the first copy stays at chance; after it, the second copy is predicted almost perfectly."),
+     "the first copy stays at chance; after it, the second copy is predicted well, and the filler just after "
+     "it gets worse than chance (the model bets the repeat goes on). Right: the same for every snapshot "
+     "(Olsson's 2-D view): the second copy darkens abruptly inside the phase-change window."),
     ("composition", fig_composition, "Q-, K- and V-composition from each layer-0 head into each layer-1 head, "
      "minus the random-matrix baseline. The previous-token head feeds the induction head's keys: K-composition. "
      "Right: that K-composition over training (heads picked on the final model) rises during the phase change."),
