@@ -53,7 +53,8 @@ def uniform(key: jax.Array, shape: tuple[int, ...], split_axis: int = 0) -> Floa
     ``split_axis`` picks the layout that fuses best with it, and changes which numbers
     land where, not their distribution.)
     """
-    shape = tuple(shape) or (1,)
+    if not shape:
+        return uniform(key, (1,))[0]
     axis = split_axis % len(shape)
     half_shape = shape[:axis] + ((shape[axis] + 1) // 2,) + shape[axis + 1:]
     size = 1
@@ -63,10 +64,7 @@ def uniform(key: jax.Array, shape: tuple[int, ...], split_axis: int = 0) -> Floa
     a, b = threefry2x32(key_words(key), counter, jnp.zeros_like(counter))
     bits = jnp.stack([a, b], axis=axis)  # [..., 2, half, ...]
     bits = bits.reshape(shape[:axis] + (2 * half_shape[axis],) + shape[axis + 1:])
-    return _to_unit_float(jax.lax.slice_in_dim(bits, 0, shape[axis], axis=axis))
-
-
-def _to_unit_float(bits: UInt32[Array, "..."]) -> Float[Array, "..."]:
+    bits = jax.lax.slice_in_dim(bits, 0, shape[axis], axis=axis)
     # Put 23 random bits in the mantissa of a float in [1, 2), then shift to [0, 1).
     one_to_two = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
     return one_to_two - 1.0
