@@ -415,17 +415,19 @@ def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
         # Held-out repeat lengths, two ways: placed as in training (a span copied from a random
         # start to a random later start), and as [BOS] + R + R at the very start, where short
         # spans also put the second copy at positions no training repeat reaches (dst >= repeat_min + 1).
+        fits = [L for L in EVAL_LENGTHS if 1 + 2 * L <= cfg.seq_len]
         for where in ("length_loss", "length_start_loss"):
-            held = []
-            for L in EVAL_LENGTHS:
-                if 1 + 2 * L > cfg.seq_len:
-                    held.append(jnp.full(cfg.n_seeds, jnp.nan))
-                    continue
-                key = jax.random.key(cfg.seed + 3000 + L)
-                toks, r = (make_batch(key, cfg, cfg.eval_batch, lengths=(L, L)) if where == "length_loss"
-                           else repeated_random(key, cfg, cfg.eval_batch, L))
-                held.append(jax.vmap(lambda m: jnp.sum(token_losses(tf.forward(m, toks), toks) * r) / r.sum())(final))
-            out[f"{group}.{where}"] = np.asarray(jnp.stack(held, 1))  # [seeds, lengths]
+            held = np.full((cfg.n_seeds, len(EVAL_LENGTHS)), np.nan)
+            out[f"{group}.{where}"] = held  # [seeds, lengths]; NaN where a length does not fit
+            if not fits:
+                continue
+            sets = [make_batch(jax.random.key(cfg.seed + 3000 + L), cfg, cfg.eval_batch, lengths=(L, L))
+                    if where == "length_loss" else repeated_random(jax.random.key(cfg.seed + 3000 + L), cfg,
+                                                                    cfg.eval_batch, L) for L in fits]
+            toks, r = jnp.stack([t for t, _ in sets]), jnp.stack([m for _, m in sets])
+            loss = jax.jit(jax.vmap(jax.vmap(lambda m, t, r: jnp.sum(token_losses(tf.forward(m, t), t) * r) / r.sum(),
+                                             (None, 0, 0)), (0, None, None)))(final, toks, r)  # [seeds, fits]
+            held[:, [EVAL_LENGTHS.index(L) for L in fits]] = np.asarray(loss)
         _, cache = jax.vmap(lambda m: tf.run_with_cache(m, rrt[:1], lambda n: n.endswith("hook_pattern")))(final)
         out[f"{group}.final_patterns"] = np.stack([np.asarray(cache[f"blocks.{l}.attn.hook_pattern"])[:, 0]
                                                    for l in range(GROUPS[group])], 1)  # [seeds, layers, heads, q, k]
