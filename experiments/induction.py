@@ -416,6 +416,8 @@ def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
         # start to a random later start), and as [BOS] + R + R at the very start, where short
         # spans also put the second copy at positions no training repeat reaches (dst >= repeat_min + 1).
         fits = [L for L in EVAL_LENGTHS if 1 + 2 * L <= cfg.seq_len]
+        rep_losses = jax.jit(jax.vmap(jax.vmap(  # [seeds, token sets]
+            lambda m, t, r: jnp.sum(token_losses(tf.forward(m, t), t) * r) / r.sum(), (None, 0, 0)), (0, None, None)))
         for where in ("length_loss", "length_start_loss"):
             held = np.full((cfg.n_seeds, len(EVAL_LENGTHS)), np.nan)
             out[f"{group}.{where}"] = held  # [seeds, lengths]; NaN where a length does not fit
@@ -425,9 +427,7 @@ def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
                     if where == "length_loss" else repeated_random(jax.random.key(cfg.seed + 3000 + L), cfg,
                                                                     cfg.eval_batch, L) for L in fits]
             toks, r = jnp.stack([t for t, _ in sets]), jnp.stack([m for _, m in sets])
-            loss = jax.jit(jax.vmap(jax.vmap(lambda m, t, r: jnp.sum(token_losses(tf.forward(m, t), t) * r) / r.sum(),
-                                             (None, 0, 0)), (0, None, None)))(final, toks, r)  # [seeds, fits]
-            held[:, [EVAL_LENGTHS.index(L) for L in fits]] = np.asarray(loss)
+            held[:, [EVAL_LENGTHS.index(L) for L in fits]] = np.asarray(rep_losses(final, toks, r))
         _, cache = jax.vmap(lambda m: tf.run_with_cache(m, rrt[:1], lambda n: n.endswith("hook_pattern")))(final)
         out[f"{group}.final_patterns"] = np.stack([np.asarray(cache[f"blocks.{l}.attn.hook_pattern"])[:, 0]
                                                    for l in range(GROUPS[group])], 1)  # [seeds, layers, heads, q, k]
@@ -767,8 +767,8 @@ FIGURES = [
      "patching verb, one vmapped grid), and with every head of a layer at once (right column). Ablating the "
      "previous-token head undoes induction; when both layer-1 heads do induction, removing one leaves the "
      "other, and only removing both sends the loss to chance."),
-    ("generalisation", fig_generalisation, "Loss on the repeated tokens for repeat lengths outside the training "
-     "range (grey band): a real induction circuit does not care about the length; a positional shortcut would. "
+    ("generalisation", fig_generalisation, "Loss on the repeated tokens by repeat length, inside the training "
+     "range (grey band) and outside it: a real induction circuit does not care about the length; a positional shortcut would. "
      "Circles: spans placed as in training; crosses: [BOS] + R + R at the start, where a short span's second "
      "copy also sits at positions no training repeat reached."),
 ]
