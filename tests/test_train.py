@@ -13,7 +13,7 @@ from toylab import train as core
 CFG = dataclasses.replace(exp.PRESETS["smoke"], n_steps=60, chunk_steps=20, log_every=10)
 
 
-def run_group(tmp, group="basic", select=None, devices=None, desc="t"):
+def run_group(tmp, group="basic", select=None, devices=None, desc="t", **kw):
     n, m, hp, _ = exp.group_models(CFG, group)
     keys = exp.model_keys(CFG, group, len(hp["density"]))
     hp = jax.tree.map(jnp.asarray, hp)
@@ -22,7 +22,7 @@ def run_group(tmp, group="basic", select=None, devices=None, desc="t"):
     init, step = exp.make_train(CFG, n, m)
     return core.train_models(directory=tmp, init=init, step=step, keys=keys, hparams=hp, n_steps=CFG.n_steps,
                              chunk_steps=CFG.chunk_steps, log_every=CFG.log_every, meta={"config_hash": "x"},
-                             devices=devices, progress=False, desc=desc)
+                             devices=devices, progress=False, desc=desc, **kw)
 
 
 def test_two_devices_are_visible():
@@ -46,6 +46,33 @@ def test_sharded_equals_unsharded(tmp_path):
     for k in one:
         np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(odd[k], one[k][:3], rtol=1e-5, atol=1e-6)
+
+
+def test_models_looped_per_device_equal_models_vmapped(tmp_path):
+    vmapped, logs = run_group(tmp_path / "v", devices=jax.devices()[:1])
+    for k, devices in ((1, jax.devices()), (2, jax.devices()[:1]), (3, jax.devices())):  # 3: a ragged last call
+        looped, looped_logs = run_group(tmp_path / f"l{k}", devices=devices, models_per_call=k, desc=f"loop{k}")
+        for name in vmapped:
+            np.testing.assert_allclose(looped[name], vmapped[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(looped_logs["loss"], logs["loss"], rtol=1e-5)
+    assert core.TRACE_COUNT["loop1"] == 1  # compiled once for its 3 chunks
+
+
+def test_sparse_full_checkpoints_resume_to_the_same_bits(tmp_path):
+    from toylab import checkpoint
+
+    whole, whole_logs = run_group(tmp_path / "run", resume_every=2, snapshot=lambda s: s["params"],
+                                  snapshot_dir=tmp_path / "snap")
+    steps = [CFG.chunk_steps * 2, CFG.n_steps]  # chunk 2 and the last, not chunk 1
+    assert checkpoint.steps(tmp_path / "run") == steps
+    assert checkpoint.steps(tmp_path / "snap") == list(range(0, CFG.n_steps + 1, CFG.chunk_steps))
+    import shutil
+    shutil.rmtree(tmp_path / "run" / str(CFG.n_steps))  # as if killed during the last chunk
+    resumed, resumed_logs = run_group(tmp_path / "run", resume_every=2, snapshot=lambda s: s["params"],
+                                      snapshot_dir=tmp_path / "snap")
+    for name in whole:
+        np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)
+    np.testing.assert_array_equal(resumed_logs["loss"], whole_logs["loss"])
 
 
 def test_chunks_do_not_retrace(tmp_path):

@@ -33,10 +33,18 @@ StepFn = Callable[[Any, Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
 TRACE_COUNT: dict[str, int] = {}  # times each chunk function was traced (tests read it)
 
 
-def make_chunk(step: StepFn, chunk_steps: int, log_every: int, name: str = "chunk") -> Callable:
+def make_chunk(step: StepFn, chunk_steps: int, log_every: int, name: str = "chunk",
+               models_per_call: int | None = None, sharding: NamedSharding | None = None) -> Callable:
     """The jitted, vmapped chunk: (states, hps, t0) -> (states, logs[models, chunk/log_every]).
 
     Logged metrics are means over each window of ``log_every`` steps.
+
+    ``models_per_call``: None vmaps all of a device's models at once (thousands of tiny
+    models, as in superposition); k makes each device loop over its models k at a time
+    (``lax.map`` of a k-wide vmap, inside ``shard_map`` over ``sharding``'s mesh). Why:
+    for models big enough to fill a core (the induction transformers), XLA's CPU
+    backend runs one model's matmuls faster than the same matmuls batched over models
+    (measured: 4 seeds of the 2-layer model, 14.5 ms per step one at a time, 17.3 ms vmapped).
     """
 
     def one_model(state: Any, hp: Any, t0: jax.Array) -> tuple[Any, Any]:
@@ -51,7 +59,16 @@ def make_chunk(step: StepFn, chunk_steps: int, log_every: int, name: str = "chun
 
         return jax.lax.scan(window, state, jnp.arange(chunk_steps // log_every, dtype=jnp.int32))
 
-    return jax.jit(jax.vmap(one_model, in_axes=(0, 0, None)), donate_argnums=0)
+    if models_per_call is None:
+        return jax.jit(jax.vmap(one_model, in_axes=(0, 0, None)), donate_argnums=0)
+
+    def device_models(states: Any, hps: Any, t0: jax.Array) -> tuple[Any, Any]:
+        return jax.lax.map(lambda sh: one_model(*sh, t0), (states, hps), batch_size=models_per_call)
+
+    sharding = sharding or model_sharding(jax.devices()[:1])
+    spec = sharding.spec
+    return jax.jit(jax.shard_map(device_models, mesh=sharding.mesh, in_specs=(spec, spec, PartitionSpec()),
+                                 out_specs=spec), donate_argnums=0)
 
 
 def use_cpu_cores() -> None:
@@ -98,6 +115,8 @@ def train_models(
     snapshot: Callable[[Any], Any] | None = None,
     snapshot_dir: Path | None = None,
     keep_last: int | None = None,
+    models_per_call: int | None = None,
+    resume_every: int = 1,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Train ``len(keys)`` models, resuming from ``directory`` if it holds checkpoints.
 
@@ -113,6 +132,11 @@ def train_models(
             history an analysis over training reads.
         keep_last: keep only this many full-state checkpoints (None: all); they exist
             to resume, so two are enough when snapshots keep the history.
+        models_per_call: see ``make_chunk``.
+        resume_every: write the full-state checkpoint after every this many chunks
+            (and after the last); snapshots are still written after every chunk. A
+            resumed run repeats at most this many chunks, to the same bits, since a
+            step's data depend on its global step only.
 
     Returns:
         The final state as a flat dict of numpy arrays, and the logs
@@ -131,7 +155,7 @@ def train_models(
     padded = -(-n_models // n_dev) * n_dev
     keys, hparams = _pad((keys, hparams), padded) if padded != n_models else (keys, hparams)
     hparams = jax.device_put(hparams, sharding)
-    chunk = make_chunk(step, chunk_steps, log_every, name=desc)
+    chunk = make_chunk(step, chunk_steps, log_every, name=desc, models_per_call=models_per_call, sharding=sharding)
     init_v = jax.jit(jax.vmap(init), out_shardings=sharding)
 
     start, logs = 0, None
@@ -164,12 +188,13 @@ def train_models(
         state, chunk_logs = chunk(state, hparams, jnp.int32(t0))
         chunk_logs = {k: np.asarray(v)[:n_models] for k, v in chunk_logs.items()}
         logs = chunk_logs if logs is None else {k: np.concatenate([logs[k], chunk_logs[k]], axis=1) for k in logs}
-        host_state = {k: np.asarray(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
-        flat = {**{f"state.{k}": v for k, v in host_state.items()}, **{f"logs.{k}": v for k, v in logs.items()}}
         t = t0 + chunk_steps
         save_snapshot(state, t)
-        checkpoint.save(directory, t, flat, {**meta, "step": t, "n_models": n_models, **checkpoint.describe(flat)},
-                        max_to_keep=keep_last)
+        if (t // chunk_steps) % resume_every == 0 or t == n_steps:
+            host_state = {k: np.asarray(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
+            flat = {**{f"state.{k}": v for k, v in host_state.items()}, **{f"logs.{k}": v for k, v in logs.items()}}
+            checkpoint.save(directory, t, flat, {**meta, "step": t, "n_models": n_models,
+                                                 **checkpoint.describe(flat)}, max_to_keep=keep_last)
         bar.update(chunk_steps)
         if "loss" in chunk_logs:
             bar.set_postfix(loss=f"{float(np.mean(chunk_logs['loss'][:, -1])):.3g}")
