@@ -123,21 +123,23 @@ def induction_flops_per_token(cfg, n_layers: int) -> float:
 
 
 def bench_induction(rate: float, steps: int) -> list[dict]:
-    """The paper preset's compiled chunks: 2-layer and 1-layer models, all seeds, as ``train`` shards them."""
+    """The paper preset's compiled chunks: 2-layer and 1-layer models, all seeds, as ``train`` runs them
+    (sharded over the devices, each device looping over its models one at a time)."""
     from experiments import induction as exp
 
     cfg = exp.PRESETS["paper"]
     rows = []
     for group, n_layers in exp.GROUPS.items():
         init, step = exp.make_train(cfg, n_layers)
-        sharding = model_sharding(jax.devices()[:cfg.n_seeds])
-        hp = jax.device_put(jnp.zeros(cfg.n_seeds), sharding)
+        n = exp.n_models(cfg, group)
+        sharding = model_sharding(jax.devices()[:n])
+        hp = jax.device_put(jnp.zeros(n), sharding)
         state = jax.jit(jax.vmap(init), out_shardings=sharding)(exp.model_keys(cfg, group), hp)
-        chunk = make_chunk(step, steps, steps, name=f"bench-induction-{group}")
+        chunk = make_chunk(step, steps, steps, name=f"bench-induction-{group}", models_per_call=1, sharding=sharding)
         t_step = _time_chunk(chunk, state, hp, 0) / steps
-        tokens = cfg.n_seeds * cfg.batch_size * cfg.seq_len
+        tokens = n * cfg.batch_size * cfg.seq_len
         flops = induction_flops_per_token(cfg, n_layers) * tokens
-        rows.append({"config": f"induction {group} x {cfg.n_seeds} seeds (batch {cfg.batch_size} x {cfg.seq_len})",
+        rows.append({"config": f"induction {group} x {n} seeds (batch {cfg.batch_size} x {cfg.seq_len})",
                      "tokens_per_s": tokens / t_step, "roofline_tokens_per_s": tokens / (flops / rate),
                      "ms_per_step": t_step * 1e3, "run_min": cfg.n_steps * t_step / 60})
     return rows

@@ -56,16 +56,17 @@ class Config:
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # global gradient-norm clip
     batch_size: int = 32  # sequences per step
-    n_steps: int = 10_000  # optimisation steps per model (the phase change falls at ~5.5k-8k steps)
+    n_steps: int = 8_000  # optimisation steps per model (the phase change falls at ~4.7k-6.5k steps)
     checkpoint_every: int = 100  # steps between snapshots: the time resolution of every metric
     log_every: int = 20  # training loss is averaged over this many steps and logged
-    n_seeds: int = 4  # 2-layer models trained side by side (and as many 1-layer controls)
+    n_seeds: int = 4  # 2-layer models trained side by side
+    n_control_seeds: int = 2  # 1-layer controls (they only have to stay on the plateau; 4 would add a minute)
     eval_batch: int = 64  # sequences in the fixed evaluation sets
     seed: int = 0  # root seed: model k's key is (seed, group, k); the evaluation sets use seed + 1000
 
     def __post_init__(self) -> None:
         for f in ("n_tokens", "seq_len", "repeat_min", "d_model", "n_heads", "d_head", "batch_size", "n_steps",
-                  "checkpoint_every", "log_every", "n_seeds", "eval_batch"):
+                  "checkpoint_every", "log_every", "n_seeds", "n_control_seeds", "eval_batch"):
             require(getattr(self, f) > 0, f, "a positive integer", getattr(self, f))
         require(self.n_tokens >= 2, "n_tokens", ">= 2", self.n_tokens)
         require(self.repeat_min <= self.repeat_max, "repeat_max", f">= repeat_min={self.repeat_min}",
@@ -91,10 +92,15 @@ PRESETS: dict[str, Config] = {
     "markov": Config(markov=True, n_steps=15_000),
     # Seconds: every stage runs, nothing is expected to form.
     "smoke": Config(n_tokens=16, seq_len=24, repeat_min=3, repeat_max=8, d_model=16, n_heads=2, d_head=8,
-                    batch_size=8, n_steps=200, checkpoint_every=50, log_every=10, n_seeds=2, eval_batch=8),
+                    batch_size=8, n_steps=200, checkpoint_every=50, log_every=10, n_seeds=2, n_control_seeds=1,
+                    eval_batch=8),
 }
 
 GROUPS = {"2L": 2, "1L": 1}  # group name -> layers; the 1-layer group is the control
+
+
+def n_models(cfg: Config, group: str) -> int:
+    return cfg.n_seeds if group == "2L" else cfg.n_control_seeds
 
 # ---------------------------------------------------------------------------
 # Data
@@ -223,9 +229,14 @@ def make_train(cfg: Config, n_layers: int):
     return init, step
 
 
+# Full-state checkpoints (to resume) every this many snapshots: a snapshot is the
+# parameters alone, and writing the optimiser state too after every one cost ~10% of the run.
+RESUME_EVERY = 10
+
+
 def model_keys(cfg: Config, group: str) -> jax.Array:
     base = jax.random.fold_in(jax.random.key(cfg.seed), list(GROUPS).index(group))
-    return jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.arange(cfg.n_seeds))
+    return jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.arange(n_models(cfg, group)))
 
 
 def train(cfg: Config, run_dir: Path, *, devices=None, progress=True, stop_after_chunks: int | None = None
@@ -237,11 +248,11 @@ def train(cfg: Config, run_dir: Path, *, devices=None, progress=True, stop_after
         t = time.perf_counter()
         train_models(
             directory=run_dir / "checkpoints" / group, init=init, step=step, keys=model_keys(cfg, group),
-            hparams=jnp.zeros(cfg.n_seeds), n_steps=cfg.n_steps, chunk_steps=cfg.checkpoint_every,
+            hparams=jnp.zeros(n_models(cfg, group)), n_steps=cfg.n_steps, chunk_steps=cfg.checkpoint_every,
             log_every=cfg.log_every, meta={"config_hash": config.config_hash(cfg), "group": group},
-            devices=devices, progress=progress, desc=f"induction/{group} ({cfg.n_seeds} seeds)",
+            devices=devices, progress=progress, desc=f"induction/{group} ({n_models(cfg, group)} seeds)",
             stop_after_chunks=stop_after_chunks, snapshot=lambda state: state["params"],
-            snapshot_dir=run_dir / "params" / group, keep_last=2,
+            snapshot_dir=run_dir / "params" / group, keep_last=2, models_per_call=1, resume_every=RESUME_EVERY,
         )
         times[f"train.{group}"] = time.perf_counter() - t
     return times
@@ -419,7 +430,7 @@ def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
         rep_losses = jax.jit(jax.vmap(jax.vmap(  # [seeds, token sets]
             lambda m, t, r: jnp.sum(token_losses(tf.forward(m, t), t) * r) / r.sum(), (None, 0, 0)), (0, None, None)))
         for where in ("length_loss", "length_start_loss"):
-            held = np.full((cfg.n_seeds, len(EVAL_LENGTHS)), np.nan)
+            held = np.full((n_models(cfg, group), len(EVAL_LENGTHS)), np.nan)
             out[f"{group}.{where}"] = held  # [seeds, lengths]; NaN where a length does not fit
             if not fits:
                 continue
@@ -453,8 +464,8 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
     S = cfg.n_seeds
     checks = []
     start = plateau(a)
-    tr = {g: [transition(a[f"{g}.log_steps"], a[f"{g}.log_repeated_loss"][s], start, chance) for s in range(S)]
-          for g in GROUPS}
+    tr = {g: [transition(a[f"{g}.log_steps"], a[f"{g}.log_repeated_loss"][s], start, chance)
+              for s in range(n_models(cfg, g))] for g in GROUPS}
     two = [[t["t10"], t["t50"], t["t90"], round(t["drop"], 2)] for t in tr["2L"]]
     checks.append(report.Check(
         "2-layer: repeated-token loss plateau, then drop [t10, t50, t90, drop in nats] per seed", two,
@@ -533,15 +544,16 @@ def fig_loss(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
                            (axes[1], "log_repeated_loss", "Loss on repeated tokens (predictable by induction)")):
         _shade(ax, a, cfg, label=ax is axes[0])
         for g, c in (("2L", "C3"), ("1L", "C0")):
-            for s in range(cfg.n_seeds):
+            for s in range(n_models(cfg, g)):
                 ax.plot(a[f"{g}.log_steps"], a[f"{g}.{key}"][s], color=c, lw=1, alpha=0.8,
-                        label=f"{g[0]}-layer ({cfg.n_seeds} seeds)" if s == 0 else None)
+                        label=f"{g[0]}-layer ({n_models(cfg, g)} seeds)" if s == 0 else None)
         ax.axhline(float(a["chance"]), color="grey", ls=":", lw=1, label=f"chance, ln {cfg.n_tokens}")
         ax.set_xlabel("training step")
         ax.set_title(title)
         ax.legend(loc="lower left", fontsize=8)
     axes[0].set_ylabel("cross-entropy (nats)")
-    fig.suptitle(f"Training loss of the 2-layer models and the 1-layer controls ({cfg.n_seeds} seeds each)")
+    fig.suptitle(f"Training loss of the 2-layer models ({cfg.n_seeds} seeds) and the 1-layer controls "
+                 f"({cfg.n_control_seeds} seeds)")
     return savefig(fig, path)
 
 
@@ -553,7 +565,7 @@ def fig_icl(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     _shade(ax, a, cfg)
     for g, c in (("2L", "C3"), ("1L", "C0")):
-        for s in range(cfg.n_seeds):
+        for s in range(n_models(cfg, g)):
             ax.plot(a[f"{g}.steps"], a[f"{g}.icl_score"][:, s], color=c, lw=1,
                     label=f"{g[0]}-layer" if s == 0 else None)
     ax.axhline(0, color="grey", lw=0.5)
@@ -728,7 +740,7 @@ def fig_generalisation(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Pat
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     lengths = a["eval_lengths"]
     for g, c in (("2L", "C3"), ("1L", "C0")):
-        for s in range(cfg.n_seeds):
+        for s in range(n_models(cfg, g)):
             ax.plot(lengths, a[f"{g}.length_loss"][s], "o-", color=c, lw=1, ms=4,
                     label=f"{g[0]}-layer, span placed as in training" if s == 0 else None)
             ax.plot(lengths, a[f"{g}.length_start_loss"][s], "x--", color=c, lw=0.8, ms=4, alpha=0.7,

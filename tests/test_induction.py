@@ -111,5 +111,6 @@ def test_smoke_end_to_end(tmp_path, capsys):
     cfg = exp.PRESETS["smoke"]
     n_snap = cfg.n_steps // cfg.checkpoint_every + 1
     assert a["2L.induction_score"].shape == (n_snap, cfg.n_seeds, 2, cfg.n_heads)
-    assert a["1L.prev_token_score"].shape == (n_snap, cfg.n_seeds, 1, cfg.n_heads)
+    assert a["1L.prev_token_score"].shape == (n_snap, cfg.n_control_seeds, 1, cfg.n_heads)
+    assert cfg.n_control_seeds != cfg.n_seeds  # the groups' seed counts are kept apart
     assert a["2L.ablation"].shape == (cfg.n_seeds, 2, cfg.n_heads)
