@@ -64,7 +64,9 @@ def bench_superposition(rate: float, steps: int) -> list[dict]:
         init, step = exp.make_train(cfg, n, m)
         keys = jax.random.split(jax.random.key(0), k)
         state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys, hp)
-        chunk = make_chunk(step, steps, steps, name=f"bench{n}")
+        # as train runs them: the 200-to-20 models (the geometry group) one at a time per device
+        chunk = make_chunk(step, steps, steps, name=f"bench{n}", sharding=sharding,
+                           models_per_call=exp.MODELS_PER_CALL["geometry"] if n == cfg.geometry_n_features else None)
         t_step = _time_chunk(chunk, state, hp, 0) / steps
         gen = jax.jit(jax.vmap(lambda key, p: jax.lax.scan(
             lambda c, t: (c + exp.make_batch(jax.random.fold_in(key, t), p, n, cfg.batch_size).sum(), None),
