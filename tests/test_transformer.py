@@ -151,8 +151,9 @@ def test_hooks_work_under_vmap_and_grad():
     toks = tokens()
     logits, cache = jax.jit(jax.vmap(lambda m: tf.run_with_cache(m, toks, "blocks.0.attn.hook_pattern")))(ms)
     assert logits.shape == (2, 5, 6, 7) and set(cache) == {"blocks.0.attn.hook_pattern"}
-    one, _ = tf.run_with_cache(jax.tree.map(lambda x: x[1], ms), toks)
+    one, _ = jax.jit(lambda m: tf.run_with_cache(m, toks))(jax.tree.map(lambda x: x[1], ms))
     np.testing.assert_allclose(logits[1], one, atol=1e-5)
-    g = jax.grad(lambda m: tf.run_with_hooks(m, toks, [("blocks.1.attn.hook_pattern", lambda p, _: p * 0.5)]).sum())(
+    g = jax.jit(jax.grad(lambda m: tf.run_with_hooks(m, toks, [("blocks.1.attn.hook_pattern",
+                                                               lambda p, _: p * 0.5)]).sum()))(
         jax.tree.map(lambda x: x[0], ms))
     assert np.isfinite(np.asarray(g.blocks[0].attn.W_Q)).all()
