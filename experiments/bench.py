@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toylab.train import make_chunk, model_sharding, use_cpu_cores
+from toylab.train import make_chunk, model_sharding, on_cpu, use_cpu_cores
 
 
 def _time(fn, *args, repeats: int = 3) -> float:
@@ -65,8 +65,8 @@ def bench_superposition(rate: float, steps: int) -> list[dict]:
         keys = jax.random.split(jax.random.key(0), k)
         state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys, hp)
         # as train runs them: the 200-to-20 models (the geometry group) one at a time per device
-        chunk = make_chunk(step, steps, steps, name=f"bench{n}", sharding=sharding,
-                           models_per_call=exp.MODELS_PER_CALL["geometry"] if n == cfg.geometry_n_features else None)
+        per_call = on_cpu(exp.MODELS_PER_CALL["geometry"]) if n == cfg.geometry_n_features else None
+        chunk = make_chunk(step, steps, steps, name=f"bench{n}", sharding=sharding, models_per_call=per_call)
         t_step = _time_chunk(chunk, state, hp, 0) / steps
         gen = jax.jit(jax.vmap(lambda key, p: jax.lax.scan(
             lambda c, t: (c + exp.make_batch(jax.random.fold_in(key, t), p, n, cfg.batch_size).sum(), None),
@@ -137,7 +137,8 @@ def bench_induction(rate: float, steps: int) -> list[dict]:
         sharding = model_sharding(jax.devices()[:n])
         hp = jax.device_put(jnp.zeros(n), sharding)
         state = jax.jit(jax.vmap(init), out_shardings=sharding)(exp.model_keys(cfg, group), hp)
-        chunk = make_chunk(step, steps, steps, name=f"bench-induction-{group}", models_per_call=1, sharding=sharding)
+        chunk = make_chunk(step, steps, steps, name=f"bench-induction-{group}", models_per_call=on_cpu(1),
+                           sharding=sharding)
         t_step = _time_chunk(chunk, state, hp, 0) / steps
         tokens = n * cfg.batch_size * cfg.seq_len
         flops = induction_flops_per_token(cfg, n_layers) * tokens

@@ -32,7 +32,7 @@ import optax
 from toylab import checkpoint, config, experiment, patching, report
 from toylab import transformer as tf
 from toylab.config import require
-from toylab.train import train_models
+from toylab.train import on_cpu, train_models
 
 # ---------------------------------------------------------------------------
 # Config, with presets
@@ -252,7 +252,8 @@ def train(cfg: Config, run_dir: Path, *, devices=None, progress=True, stop_after
             log_every=cfg.log_every, meta={"config_hash": config.config_hash(cfg), "group": group},
             devices=devices, progress=progress, desc=f"induction/{group} ({n_models(cfg, group)} seeds)",
             stop_after_chunks=stop_after_chunks, snapshot=lambda state: state["params"],
-            snapshot_dir=run_dir / "params" / group, keep_last=2, models_per_call=1, resume_every=RESUME_EVERY,
+            snapshot_dir=run_dir / "params" / group, keep_last=2, models_per_call=on_cpu(1),
+            resume_every=RESUME_EVERY,
         )
         times[f"train.{group}"] = time.perf_counter() - t
     return times

@@ -31,7 +31,7 @@ import optax
 from toylab import checkpoint, config, experiment, report, rng
 from toylab.analysis import superposition as sp
 from toylab.config import require
-from toylab.train import train_models
+from toylab.train import on_cpu, train_models
 
 # ---------------------------------------------------------------------------
 # Config, with presets
@@ -258,7 +258,7 @@ def train(cfg: Config, run_dir: Path, *, groups=GROUPS, devices=None, progress=T
             n_steps=cfg.n_steps, chunk_steps=cfg.chunk_steps, log_every=cfg.log_every,
             meta={"config_hash": config.config_hash(cfg), "group": group}, devices=devices,
             progress=progress, desc=f"superposition/{group} ({len(hp['density'])} models {n}->{m})",
-            stop_after_chunks=stop_after_chunks, models_per_call=MODELS_PER_CALL.get(group),
+            stop_after_chunks=stop_after_chunks, models_per_call=on_cpu(MODELS_PER_CALL.get(group)),
         )
         times[f"train.{group}"] = time.perf_counter() - t
     return times

@@ -71,6 +71,15 @@ def make_chunk(step: StepFn, chunk_steps: int, log_every: int, name: str = "chun
                                  out_specs=spec), donate_argnums=0)
 
 
+def on_cpu(models_per_call: int | None) -> int | None:
+    """``models_per_call`` when JAX runs on a CPU, else None (one vmap over a device's models).
+
+    Why: looping over models pays off on XLA's CPU backend only; a GPU runs a batch of
+    models in the time of one, so there the vmap is the fast way.
+    """
+    return models_per_call if jax.default_backend() == "cpu" else None
+
+
 def use_cpu_cores() -> None:
     """Expose each CPU core as a JAX device, so the model axis shards across cores.
 
