@@ -100,7 +100,9 @@ GROUPS = {"2L": 2, "1L": 1}  # group name -> layers; the 1-layer group is the co
 
 
 def n_models(cfg: Config, group: str) -> int:
+    """Seeds of a group: ``n_seeds`` 2-layer models, ``n_control_seeds`` 1-layer controls."""
     return cfg.n_seeds if group == "2L" else cfg.n_control_seeds
+
 
 # ---------------------------------------------------------------------------
 # Data

@@ -1,6 +1,7 @@
 """The training core: vmapped = alone, sharded = unsharded, compiled once."""
 
 import dataclasses
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import superposition as exp
+from toylab import checkpoint
 from toylab import train as core
 
 CFG = dataclasses.replace(exp.PRESETS["smoke"], n_steps=60, chunk_steps=20, log_every=10)
@@ -59,14 +61,11 @@ def test_models_looped_per_device_equal_models_vmapped(tmp_path):
 
 
 def test_sparse_full_checkpoints_resume_to_the_same_bits(tmp_path):
-    from toylab import checkpoint
-
     whole, whole_logs = run_group(tmp_path / "run", resume_every=2, snapshot=lambda s: s["params"],
                                   snapshot_dir=tmp_path / "snap")
     steps = [CFG.chunk_steps * 2, CFG.n_steps]  # chunk 2 and the last, not chunk 1
     assert checkpoint.steps(tmp_path / "run") == steps
     assert checkpoint.steps(tmp_path / "snap") == list(range(0, CFG.n_steps + 1, CFG.chunk_steps))
-    import shutil
     shutil.rmtree(tmp_path / "run" / str(CFG.n_steps))  # as if killed during the last chunk
     resumed, resumed_logs = run_group(tmp_path / "run", resume_every=2, snapshot=lambda s: s["params"],
                                       snapshot_dir=tmp_path / "snap")
