@@ -7,7 +7,8 @@ program ``train`` runs, sharded the same way) after a warm-up, and prints second
 per 10,000 steps beside a roofline: the matmul FLOPs the step needs divided by the
 float32 matmul rate measured here, in this run. It also times the data generator
 alone, since random numbers dominate this workload on a CPU, and the naive
-``jax.random`` version it replaced.
+``jax.random`` version it replaced. When torch is installed, it ends with the PyTorch
+originals' loops timed on the same machine (``bench_torch``).
 """
 
 import argparse
@@ -154,6 +155,26 @@ def _naive_batch(key: jax.Array, density: jax.Array, n: int, batch: int) -> jax.
     return jnp.where(jax.random.uniform(k1, (batch, n)) <= density, jax.random.uniform(k2, (batch, n)), 0.0)
 
 
+def bench_originals(rows: list[dict], grok: dict) -> None:
+    """The PyTorch originals' loops on this machine beside ours (``bench_torch``), if torch is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        print("PyTorch originals: not timed (torch is not installed; `.venv/bin/pip install torch "
+              "--index-url https://download.pytorch.org/whl/cpu` adds them)")
+        return
+    from experiments import bench_torch
+
+    print("the PyTorch originals, same machine (experiments/bench_torch.py):")
+    for r, (k, n, m) in zip(rows, ((10, 5, 2), (20, 20, 5), (20, 200, 20))):
+        torch_s = bench_torch.superposition_step(k, n, m, steps=100 if n < 200 else 30) * 1e4
+        print(f"  {r['config']:42s} notebook {torch_s:7.1f} s/10k steps, ours {r['s_per_10k']:6.1f} "
+              f"-> {torch_s / r['s_per_10k']:.1f}x faster")
+    torch_ms = bench_torch.grokking_step() * 1e3
+    print(f"  {grok['config']:42s} paper code {torch_ms:6.1f} ms per epoch, ours {grok['ms_per_step']:5.1f} "
+          f"-> {torch_ms / grok['ms_per_step']:.1f}x faster")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="steps per timed chunk")
@@ -180,10 +201,13 @@ def main(argv=None) -> int:
     print("  (timed: the training chunk as run, its test-loss evaluation every 10 epochs included; layer 0 "
           "projects W_E and W_pos rows instead of every input's residual, so it computes fewer FLOPs than counted)")
     print()
-    for r in bench_induction(rate, min(args.steps, 100)):
+    ind = bench_induction(rate, min(args.steps, 100))
+    for r in ind:
         print(f"{r['config']}: {r['tokens_per_s'] / 1e3:.0f}k tokens/s, roofline {r['roofline_tokens_per_s'] / 1e3:.0f}k "
               f"-> {r['roofline_tokens_per_s'] / r['tokens_per_s']:.1f} x roofline; {r['ms_per_step']:.1f} ms per step, "
               f"the preset's steps in {r['run_min']:.1f} min")
+    print()
+    bench_originals(rows, g)
     return 0
 
 
