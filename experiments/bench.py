@@ -81,7 +81,48 @@ def bench_superposition(rate: float, steps: int) -> list[dict]:
         rows.append({"config": f"superposition {n}->{m} x {k} (batch {cfg.batch_size})",
                      "s_per_10k": t_step * 1e4, "roofline_s_per_10k": flops / rate * 1e4,
                      "data_s_per_10k": t_gen * 1e4, "naive_data_s_per_10k": t_naive * 1e4})
+        if n == cfg.geometry_n_features:
+            rows[-1].update(decompose_superposition(cfg, n, m, keys, hp, sharding, per_call, steps))
     return rows
+
+
+def decompose_superposition(cfg, n: int, m: int, keys, hp, sharding, per_call, steps: int) -> dict:
+    """Where the 200-to-20 step's time goes: the same chunk with its parts taken away.
+
+    ``fixed_batch``: the real step with the fresh random batch swapped for a fixed one
+    (same density mask and values on average; the step index is added at 1e-30 so XLA
+    cannot hoist it out of the loop). ``matmuls``: the five matmuls of the step alone
+    (forward 2, backward 3) and a plain weight update.
+    """
+    from unittest import mock
+
+    from experiments import superposition as exp
+
+    u0 = jnp.asarray(np.random.RandomState(0).rand(n, cfg.batch_size), jnp.float32)
+
+    def fixed_batch(key, density, n_features, batch_size, features_first=False):
+        t = jax.random.key_data(key)[0].astype(jnp.float32) * 1e-30
+        return jnp.where(u0 < density, u0 / density, 0.0) + t
+
+    def matmul_step(state, hp, t):
+        W = state["params"]["W"]
+        xt = u0 + t.astype(jnp.float32) * 1e-30
+        hidden = jnp.einsum("fh,fb->hb", W, xt)
+        out = jnp.einsum("fh,hb->fb", W, hidden)
+        d_hidden = jnp.einsum("fh,fb->hb", W, out)
+        grad = jnp.einsum("fb,hb->fh", xt, d_hidden) + jnp.einsum("fb,hb->fh", out, hidden)
+        return {**state, "params": {**state["params"], "W": W - 1e-9 * grad}}, {"loss": grad[0, 0]}
+
+    out = {}
+    init, step = exp.make_train(cfg, n, m)
+    with mock.patch.object(exp, "make_batch", fixed_batch):  # the real step, its batch swapped
+        chunk = make_chunk(step, steps, steps, name="bench-fixed", sharding=sharding, models_per_call=per_call)
+        state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys, hp)
+        out["fixed_batch_s_per_10k"] = _time_chunk(chunk, state, hp, 0) / steps * 1e4
+    chunk = make_chunk(matmul_step, steps, steps, name="bench-matmul", sharding=sharding, models_per_call=per_call)
+    state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys, hp)
+    out["matmuls_s_per_10k"] = _time_chunk(chunk, state, hp, 0) / steps * 1e4
+    return out
 
 
 def grokking_flops(cfg) -> float:
@@ -194,6 +235,10 @@ def main(argv=None) -> int:
               f"{r['naive_data_s_per_10k']:10.1f}")
     print("roofline: matmul FLOPs the step needs / measured matmul rate; data gen: the step's random "
           "batch alone; naive gen: two jax.random.uniform draws per feature, as in the notebook")
+    r = rows[-1]
+    print(f"{r['config']}, where the time goes: the whole step {r['s_per_10k']:.1f} s/10k steps; with a fixed "
+          f"batch instead of fresh random numbers {r['fixed_batch_s_per_10k']:.1f}; its five matmuls alone "
+          f"{r['matmuls_s_per_10k']:.1f} (roofline {r['roofline_s_per_10k']:.1f})")
     g = bench_grokking(rate, min(args.steps, 100))
     print(f"\n{g['config']}: {g['ms_per_step']:.1f} ms per step, roofline {g['roofline_ms']:.1f} ms "
           f"({g['gflop']:.2f} GFLOP the loss needs) -> {g['ms_per_step'] / g['roofline_ms']:.2f} x roofline; "
