@@ -74,3 +74,20 @@ def test_cross_entropy_resolves_tiny_losses():
     logits[labels, labels] = 10.0
     want = np.log1p((P - 1) * np.exp(-20.0))
     assert abs(fourier.cross_entropy(logits.astype(np.float32), labels) - want) < 1e-3 * want
+
+
+def test_fft2d_is_the_basis_change_on_both_input_axes():
+    """F A F^T on (a, b), for each trailing entry, and a planted cos(w a) cos(w b) lands on one component."""
+    p = 7
+    F, _ = fourier.fourier_basis(p)
+    A = np.random.default_rng(0).normal(size=(p, p, 3, 2))
+    out = fourier.fft2d(A, F)
+    assert out.shape == (p, p, 3, 2)
+    for i in range(3):
+        for j in range(2):
+            np.testing.assert_allclose(out[:, :, i, j], F @ A[:, :, i, j] @ F.T, atol=1e-12)
+    w = 2 * np.pi * 2 / p
+    planted = np.outer(np.cos(w * np.arange(p)), np.cos(w * np.arange(p)))
+    power = fourier.fft2d(planted, F) ** 2
+    assert np.unravel_index(power.argmax(), power.shape) == (3, 3)  # cos 2 is component 2k - 1 = 3
+    assert power[3, 3] / power.sum() > 0.999
