@@ -90,8 +90,8 @@ def decompose_superposition(cfg, n: int, m: int, keys, hp, sharding, per_call, s
     """Where the 200-to-20 step's time goes: the same chunk with its parts taken away.
 
     ``fixed_batch``: the real step with the fresh random batch swapped for a fixed one
-    (same density mask and values on average; the step index is added at 1e-30 so XLA
-    cannot hoist it out of the loop). ``matmuls``: the five matmuls of the step alone
+    (the model's density applied to one fixed draw; a number from the step's key is
+    added at 1e-30 so XLA cannot hoist the batch out of the loop). ``matmuls``: the five matmuls of the step alone
     (forward 2, backward 3) and a plain weight update.
     """
     from unittest import mock
@@ -246,8 +246,7 @@ def main(argv=None) -> int:
     print("  (timed: the training chunk as run, its test-loss evaluation every 10 epochs included; layer 0 "
           "projects W_E and W_pos rows instead of every input's residual, so it computes fewer FLOPs than counted)")
     print()
-    ind = bench_induction(rate, min(args.steps, 100))
-    for r in ind:
+    for r in bench_induction(rate, min(args.steps, 100)):
         print(f"{r['config']}: {r['tokens_per_s'] / 1e3:.0f}k tokens/s, roofline {r['roofline_tokens_per_s'] / 1e3:.0f}k "
               f"-> {r['roofline_tokens_per_s'] / r['tokens_per_s']:.1f} x roofline; {r['ms_per_step']:.1f} ms per step, "
               f"the preset's steps in {r['run_min']:.1f} min")
