@@ -48,7 +48,7 @@ def head_hooks(cfg: tf.TransformerConfig, layer: jax.Array, head: jax.Array, pos
             shape = [1] * x.ndim
             shape[head_axis] = x.shape[head_axis]
             heads = jnp.arange(x.shape[head_axis])
-            sel = ((heads >= 0) if head is None else (heads == head)).reshape(shape) & (layer == l)
+            sel = (jnp.ones_like(heads, bool) if head is None else heads == head).reshape(shape) & (layer == l)
             if position is not None:
                 pshape = [1] * x.ndim
                 pshape[pos_axis] = x.shape[pos_axis]

@@ -11,6 +11,8 @@ only the way counters are laid out differs, so the streams are not those of
 ``jax.random.uniform``, but they are drawn from the same generator.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, UInt32
@@ -57,10 +59,7 @@ def uniform(key: jax.Array, shape: tuple[int, ...], split_axis: int = 0) -> Floa
         return uniform(key, (1,))[0]
     axis = split_axis % len(shape)
     half_shape = shape[:axis] + ((shape[axis] + 1) // 2,) + shape[axis + 1:]
-    size = 1
-    for s in half_shape:
-        size *= s
-    counter = jax.lax.iota(jnp.uint32, size).reshape(half_shape)
+    counter = jax.lax.iota(jnp.uint32, math.prod(half_shape)).reshape(half_shape)
     a, b = threefry2x32(key_words(key), counter, jnp.zeros_like(counter))
     bits = jnp.stack([a, b], axis=axis)  # [..., 2, half, ...]
     bits = bits.reshape(shape[:axis] + (2 * half_shape[axis],) + shape[axis + 1:])
