@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toylab import tms
 from toylab.train import make_chunk, model_sharding, on_cpu, use_cpu_cores
 
 
@@ -70,7 +71,7 @@ def bench_superposition(rate: float, steps: int) -> list[dict]:
         chunk = make_chunk(step, steps, steps, name=f"bench{n}", sharding=sharding, models_per_call=per_call)
         t_step = _time_chunk(chunk, state, hp, 0) / steps
         gen = jax.jit(jax.vmap(lambda key, p: jax.lax.scan(
-            lambda c, t: (c + exp.make_batch(jax.random.fold_in(key, t), p, n, cfg.batch_size).sum(), None),
+            lambda c, t: (c + tms.make_batch(jax.random.fold_in(key, t), p, n, cfg.batch_size).sum(), None),
             0.0, jnp.arange(steps))[0]))
         t_gen = _time(gen, keys, hp["density"]) / steps
         naive = jax.jit(jax.vmap(lambda key, p: jax.lax.scan(
@@ -152,7 +153,7 @@ def bench_grokking(rate: float, steps: int) -> dict:
         t_step = _time_chunk(chunk, state, hp, 100) / steps
     return {"config": f"grokking p={cfg.p} (full batch {int(cfg.frac_train * cfg.p ** 2)})",
             "ms_per_step": t_step * 1e3, "roofline_ms": grokking_flops(cfg) / rate * 1e3,
-            "gflop": grokking_flops(cfg) / 1e9, "epochs_min": cfg.n_epochs * t_step / 60}
+            "gflop": grokking_flops(cfg) / 1e9, "epochs_min": cfg.n_steps * t_step / 60}
 
 
 def induction_flops_per_token(cfg, n_layers: int) -> float:
@@ -178,7 +179,7 @@ def bench_induction(rate: float, steps: int) -> list[dict]:
         n = exp.n_models(cfg, group)
         sharding = model_sharding(jax.devices()[:n])
         hp = jax.device_put(jnp.zeros(n), sharding)
-        state = jax.jit(jax.vmap(init), out_shardings=sharding)(exp.model_keys(cfg, group), hp)
+        state = jax.jit(jax.vmap(init), out_shardings=sharding)(exp.group_keys(cfg, group), hp)
         chunk = make_chunk(step, steps, steps, name=f"bench-induction-{group}", models_per_call=on_cpu(1),
                            sharding=sharding)
         t_step = _time_chunk(chunk, state, hp, 0) / steps

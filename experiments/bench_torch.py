@@ -6,10 +6,10 @@ when it is not. The brief's bar is to be faster than the original code on the sa
 machine, so these are the originals' loops, ported line for line, not our models
 rewritten in torch:
 
-- superposition: the training loop of Anthropic's ``toy_models.ipynb`` (reference
-  §1.2): ``n_instances`` models in one ``einsum`` model, two ``torch.rand`` draws per
+- superposition: the training loop of Anthropic's ``toy_models.ipynb``
+  (Elhage et al. 2022): ``n_instances`` models in one ``einsum`` model, two ``torch.rand`` draws per
   feature every step, AdamW (torch defaults), loss summed over instances;
-- grokking: the paper code's one-layer transformer (Nanda et al., reference §1.1):
+- grokking: the paper code's one-layer transformer (Nanda et al. 2023):
   its ``Embed``/``Attention``/``MLP`` einsums, full batch, float64 cross-entropy,
   AdamW with betas (0.9, 0.98), weight decay 1 and the 10-step warm-up, and the test
   loss (which the original computes every epoch; here every ``eval_every`` epochs,

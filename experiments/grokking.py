@@ -8,7 +8,7 @@ it over every checkpoint.
 
     python -m experiments.grokking all --preset paper --out runs/grokking
 
-Recipe (the paper's, see ../shared/reference/grokking.md §1.1, §7): tokens [a, b, =]
+Recipe (the paper's, and its released code's): tokens [a, b, =]
 with '=' = 113; one layer, d_model 128, 4 heads of 32, d_mlp 512, ReLU, no LayerNorm,
 learned positions, untied embed and unembed, biases in the MLP only, the paper code's
 initialisation; full-batch AdamW lr 1e-3, betas (0.9, 0.98), weight decay 1.0 on every
@@ -31,11 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toylab import checkpoint, config, experiment, report
+from toylab import config, experiment, report
 from toylab import transformer as tf
 from toylab.analysis import fourier
 from toylab.config import require
-from toylab.train import train_models
+from toylab.runs import Run
+from toylab.train import Schedule, train_models
 
 # ---------------------------------------------------------------------------
 # Config, with presets
@@ -54,7 +55,7 @@ class Config:
     weight_decay: float = 1.0  # AdamW decoupled weight decay on all parameters (paper: 1.0; 0 does not grok)
     beta2: float = 0.98  # AdamW second-moment decay (paper's code: 0.98; beta1 is 0.9)
     warmup_steps: int = 10  # linear lr warm-up from 0 (paper's code: 10)
-    n_epochs: int = 40_000  # full-batch steps (paper: 40,000)
+    n_steps: int = 40_000  # full-batch AdamW steps, one per epoch (paper: 40,000 epochs)
     checkpoint_every: int = 100  # epochs between checkpoints, the analysis's time resolution (paper: 100)
     eval_every: int = 10  # epochs between test-loss evaluations (paper: 1; see the module docstring)
     n_seeds: int = 1  # models trained side by side in one vmapped program (paper's figures: 1)
@@ -63,14 +64,14 @@ class Config:
     def __post_init__(self) -> None:
         require(self.p >= 3 and all(self.p % d for d in range(2, int(self.p**0.5) + 1)), "p", "a prime >= 3", self.p)
         require(0 < self.frac_train < 1, "frac_train", "in (0, 1)", self.frac_train)
-        for f in ("d_model", "n_heads", "d_head", "d_mlp", "n_epochs", "checkpoint_every", "eval_every", "n_seeds"):
+        for f in ("d_model", "n_heads", "d_head", "d_mlp", "n_steps", "checkpoint_every", "eval_every", "n_seeds"):
             require(getattr(self, f) > 0, f, "a positive integer", getattr(self, f))
         require(self.lr > 0, "lr", "positive", self.lr)
         require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
         require(0 <= self.beta2 < 1, "beta2", "in [0, 1)", self.beta2)
         require(self.warmup_steps >= 0, "warmup_steps", ">= 0", self.warmup_steps)
-        require(self.n_epochs % self.checkpoint_every == 0, "n_epochs",
-                f"a multiple of checkpoint_every={self.checkpoint_every}", self.n_epochs)
+        require(self.n_steps % self.checkpoint_every == 0, "n_steps",
+                f"a multiple of checkpoint_every={self.checkpoint_every}", self.n_steps)
         require(self.checkpoint_every % self.eval_every == 0, "checkpoint_every",
                 f"a multiple of eval_every={self.eval_every}", self.checkpoint_every)
         n_train = int(self.frac_train * self.p**2)
@@ -81,7 +82,7 @@ class Config:
 PRESETS: dict[str, Config] = {
     "paper": Config(),
     # Seconds on a laptop: a small prime, a small model; every stage runs, nothing groks.
-    "smoke": Config(p=23, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_epochs=200, checkpoint_every=50,
+    "smoke": Config(p=23, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_steps=200, checkpoint_every=50,
                     eval_every=10),
 }
 
@@ -184,20 +185,19 @@ def seed_data(cfg: Config) -> dict[str, np.ndarray]:
     return {"train": np.stack([pairs[tr] for tr, _ in splits]), "test": np.stack([pairs[te] for _, te in splits])}
 
 
-def train(cfg: Config, run_dir: Path, *, devices=None, progress=True, stop_after_chunks: int | None = None
-          ) -> dict[str, float]:
+def train(cfg: Config, run: Run, *, devices=None, progress=True) -> dict[str, float]:
     """Train ``n_seeds`` models side by side; params every ``checkpoint_every`` epochs."""
     init, step = make_train(cfg)
     keys = jax.vmap(jax.random.key)(cfg.seed + jnp.arange(cfg.n_seeds))
     t = time.perf_counter()
     with jax.enable_x64(True):  # float64 exists only for the cross-entropy; every weight is float32
         train_models(
-            directory=run_dir / "checkpoints", init=init, step=step, keys=keys,
-            hparams=jax.tree.map(jnp.asarray, seed_data(cfg)), n_steps=cfg.n_epochs,
-            chunk_steps=cfg.checkpoint_every, log_every=1, meta={"config_hash": config.config_hash(cfg)},
+            directory=run.checkpoints(), init=init, step=step, keys=keys,
+            per_model=jax.tree.map(jnp.asarray, seed_data(cfg)),
+            schedule=Schedule(cfg.n_steps, cfg.checkpoint_every, log_every=1, keep_last=2),
+            meta={"config_hash": config.config_hash(cfg)},
             devices=devices, progress=progress, desc=f"grokking ({cfg.n_seeds} seed{'s' * (cfg.n_seeds > 1)})",
-            stop_after_chunks=stop_after_chunks, snapshot=lambda state: state["params"],
-            snapshot_dir=run_dir / "params", keep_last=2,
+            snapshot=lambda state: state["params"], snapshot_dir=run.params(),
         )
     return {"train": time.perf_counter() - t}
 
@@ -207,9 +207,9 @@ def train(cfg: Config, run_dir: Path, *, devices=None, progress=True, stop_after
 # ---------------------------------------------------------------------------
 
 
-def load_history(cfg: Config, run_dir: Path) -> tuple[np.ndarray, tf.Transformer]:
+def load_history(cfg: Config, run: Run) -> tuple[np.ndarray, tf.Transformer]:
     """Epochs ``[T]`` of every saved snapshot and the models, stacked ``[T, seeds, ...]``."""
-    return checkpoint.history(run_dir / "params", init_model(jax.random.key(0), cfg))
+    return run.snapshots(init_model(jax.random.key(0), cfg))
 
 
 def _index(tree, *idx):
@@ -263,7 +263,7 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     out["logit_fve"] = np.array(fourier.logit_fve(logits, p, keys))
     out["W_L_fourier"] = F @ weight_l(final).T  # [component, neuron]
 
-    # Ablations through hooks on the MLP neurons at '=' (the paper's §4.4, neuron level).
+    # Ablations through hooks on the MLP neurons at '=' (as the paper's ablations, at neuron level).
     def loss_with(post_fn) -> float:
         hook = ("blocks.0.mlp.hook_post", lambda h, _: post_fn(h[:, 0])[:, None])
         lg = jax.jit(lambda m: tf.run_with_hooks(m, jnp.asarray(pairs), [hook], last_only=True))(final)
@@ -301,18 +301,17 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     return out
 
 
-def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
+def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     """Measure every seed from its snapshots and logs; saved to ``analysis.npz`` (keys ``s{seed}.name``)."""
-    epochs, models = load_history(cfg, run_dir)
-    flat, _ = checkpoint.restore(run_dir / "checkpoints")
+    epochs, models = load_history(cfg, run)
+    logs = run.logs()
     out = {"epochs": epochs}
     for k in ("loss", "train_acc", "test_loss", "test_acc"):
-        out[f"log_{k}"] = flat[f"logs.{k}"]  # [seeds, n_epochs]
+        out[f"log_{k}"] = logs[k]  # [seeds, n_steps]
     with jax.enable_x64(True):
         for s in range(cfg.n_seeds):
             seed_models = jax.tree.map(lambda x: x[:, s], models)
             out.update({f"s{s}.{k}": v for k, v in analyze_seed(cfg, epochs, seed_models, s).items()})
-    np.savez(run_dir / "analysis.npz", **out)
     return out
 
 
@@ -341,7 +340,7 @@ def phases(a: dict[str, np.ndarray], s: int) -> tuple[float, float, float]:
 
 
 def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
-    """The reference's eight checks (§7), each against its band; every seed must pass."""
+    """Eight checks against Nanda et al. 2023 (its figures and released runs), each against its band; every seed must pass."""
     S = cfg.n_seeds
     one = lambda v: v[0] if S == 1 else v  # noqa: E731  (a list only when there are several seeds)
     epochs = np.arange(a["log_loss"].shape[1])
@@ -350,31 +349,31 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
     mem = [[first_below(a["log_loss"][s], epochs, 1e-3), first_below(a["log_loss"][s], epochs, 1e-6)] for s in range(S)]
     checks.append(report.Check(
         "memorisation: first epoch train loss < 1e-3, < 1e-6", one(mem),
-        "300..550 and 1,000..1,500 (§7.1; saved runs: 480, and 1,179 with a float32 loss)",
+        "300..550 and 1,000..1,500 (Nanda et al. 2023's released runs: 480, and 1,179 with a float32 loss)",
         all(300 <= m[0] <= 550 and 1000 <= m[1] <= 1500 for m in mem)))
     peak = [[round(float(np.nanmax(a["log_test_loss"][s])), 1), float(np.nanargmax(a["log_test_loss"][s]))]
             for s in range(S)]
     checks.append(report.Check(
         "test loss peak: value, epoch", one(peak),
-        "26..40 at epoch 1,300..1,600 (§7.2; paper's memorisation ends at 1.4k)",
+        "26..40 at epoch 1,300..1,600 (Nanda et al. 2023 §5.2: memorisation ends at 1.4k)",
         all(26 <= v <= 40 and 1300 <= e <= 1600 for v, e in peak)))
     grok = [[first_below(a["log_test_loss"][s], epochs, 1.0), first_below(a["log_test_loss"][s], epochs, 1e-3)]
             for s in range(S)]
     checks.append(report.Check(
         "grokking: first epoch test loss < 1, < 1e-3", one(grok),
-        "7,500..14,000 and 8,500..15,000 (§7.3; saved run at 30%: 7,583 and 8,505)",
+        "7,500..14,000 and 8,500..15,000 (Nanda et al. 2023's released run at 30%: 7,583 and 8,505)",
         all(7500 <= g1 <= 14000 and 8500 <= g3 <= 15000 for g1, g3 in grok)))
     final = [[float(a["log_loss"][s, -1]), float(a["log_test_loss"][s][~np.isnan(a["log_test_loss"][s])][-1]),
               float(a["log_test_acc"][s][~np.isnan(a["log_test_acc"][s])][-1])] for s in range(S)]
     checks.append(report.Check(
         "final train loss, test loss, test accuracy", one(final),
-        "losses 1e-8..1e-6 (paper 2.4e-7 on all pairs) and accuracy 1.0 (§7.4)",
+        "losses 1e-8..1e-6 (paper 2.4e-7 on all pairs) and accuracy 1.0 (Nanda et al. 2023)",
         all(1e-8 <= tr <= 1e-6 and 1e-8 <= te <= 1e-6 and acc == 1.0 for tr, te, acc in final)))
     keys = [[int(k) for k in a[f"s{s}.key_freqs"]] for s in range(S)]
     share = [round(float(np.mean(a[f"s{s}.neuron_frac"] > 0.85)), 3) for s in range(S)]
     checks.append(report.Check(
         "key frequencies (W_L norm > max/4); share of neurons > 85% one frequency", one([[k, f] for k, f in zip(keys, share)]),
-        "3..6 frequencies (paper: 14, 35, 41, 42, 52); neuron share reported (paper 0.846) (§7.5)",
+        "3..6 frequencies (paper: 14, 35, 41, 42, 52); neuron share reported (paper 0.846) (Nanda et al. 2023, Figs. 3 and 5)",
         all(3 <= len(k) <= 6 for k in keys)))
     prog = []
     for s in range(S):
@@ -386,7 +385,7 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
                      first_below(a[f"s{s}.ckpt_test_loss"], ck, 1.0), round(float(at(c_end) / at(m_end)), 1)])
     checks.append(report.Check(
         "progress measures: restricted (test) loss < 1 at, test loss < 1 at; excluded loss rise over circuit formation",
-        one(prog), "restricted first, by >= 500 epochs; excluded loss x >= 10 from memorisation end to grokking (§7.6)",
+        one(prog), "restricted first, by >= 500 epochs; excluded loss x >= 10 from memorisation end to grokking (Nanda et al. 2023, Fig. 7)",
         all(r + 500 <= t and rise >= 10 for r, t, rise in prog)))
     abl = []
     for s in range(S):
@@ -394,7 +393,7 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
         abl.append([round(float(L[1] / L[0]), 3), round(float(np.min(L[2:]) / L[0]), 1)])
     checks.append(report.Check(
         "ablations: loss ratio keeping only key frequencies; smallest ratio removing one",
-        one(abl), "< 1 (paper 0.23) and >= 100 (paper 830..1e5) (§7.7)",
+        one(abl), "< 1 (paper 0.23) and >= 100 (paper 830..1e5) (Nanda et al. 2023, Fig. 6)",
         all(keep < 1 and rm >= 100 for keep, rm in abl)))
     norms = []
     for s in range(S):
@@ -402,7 +401,7 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
         norms.append([round(float(w[0])), round(float(w.max())), float(a["epochs"][np.argmax(w)]), round(float(w[-1]))])
     checks.append(report.Check(
         "sum of squared weights: initial, peak, peak epoch, final", one(norms),
-        "peak >= 1.3x initial, before epoch 3,000; final <= 0.5x peak (paper ~1,800 -> 3,000..3,500 -> ~1,000) (§7.6)",
+        "peak >= 1.3x initial, before epoch 3,000; final <= 0.5x peak (released runs ~1,800 -> 3,000..3,500 -> ~1,000) (Nanda et al. 2023, Fig. 7)",
         all(pk >= 1.3 * w0 and ep <= 3000 and fin <= 0.5 * pk for w0, pk, ep, fin in norms)))
     return checks
 
@@ -626,9 +625,9 @@ FIGURES = [
 ]
 
 
-def plot(cfg: Config, run_dir: Path) -> list[report.Figure]:
+def plot(cfg: Config, run: Run) -> list[report.Figure]:
     """Render every figure from ``analysis.npz``, without retraining."""
-    return experiment.render(cfg, run_dir, FIGURES)
+    return experiment.render(cfg, run, FIGURES)
 
 
 # ---------------------------------------------------------------------------

@@ -8,12 +8,12 @@ trained the same way never leaves the plateau.
 
     python -m experiments.induction all --preset paper --out runs/induction
 
-Recipe (../shared/reference/induction.md §3.6, a synthesis of the public CPU-scale
-reproductions, since Olsson's models are 768 wide and trained on 10B tokens): tokens
+Recipe (a synthesis of the public CPU-scale reproductions of Olsson et al. 2022,
+ since Olsson's models are 768 wide and trained on 10B tokens): tokens
 1..64 uniform, BOS = 0 first; in every sequence a span of length L ~ U[8, 24] is
 copied from a random start to a random later start; fresh data every step, made
 inside the compiled step. 2 layers, attention only, d_model 64, 2 heads of 16 (the
-reference suggests 4: see "heads per layer" in the README), Shortformer positions
+public reproductions use 4: see "heads per layer" in the README), Shortformer positions
 (added to queries and keys only), no LayerNorm, no biases,
 init N(0, (0.8 / sqrt(d_model))^2). AdamW lr 1e-3 after 100 warm-up steps, betas
 (0.9, 0.98), weight decay 0.01, gradient clipping at 1.0. The ``markov`` preset fills
@@ -29,10 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toylab import checkpoint, config, experiment, patching, report
+from toylab import config, experiment, patching, report
 from toylab import transformer as tf
+from toylab.analysis.attention import (composition_baseline, composition_scores, copying_scores, induction_score,
+                                       prev_token_score)
 from toylab.config import require
-from toylab.train import on_cpu, train_models
+from toylab.runs import Run
+from toylab.train import Schedule, model_keys, on_cpu, train_models
 
 # ---------------------------------------------------------------------------
 # Config, with presets
@@ -48,10 +51,10 @@ class Config:
     markov: bool = False  # non-repeated tokens from a random bigram table instead of uniform (spans stay uniform)
     markov_concentration: float = 0.3  # Dirichlet concentration of the bigram table's rows (small: peaked)
     d_model: int = 64  # residual stream width
-    n_heads: int = 2  # heads per layer (reference: 4; 2 halves the attention cost and the circuit's redundancy)
+    n_heads: int = 2  # heads per layer (public reproductions: 4; 2 halves the attention cost and the circuit's redundancy)
     d_head: int = 16  # width per head
     init_scale: float = 0.8  # weights ~ N(0, (init_scale / sqrt(d_model))^2) (TransformerLens's 0.8)
-    lr: float = 1e-3  # AdamW peak learning rate (3e-3 gives shortcuts, reference §3.1)
+    lr: float = 1e-3  # AdamW peak learning rate (3e-3 gave positional shortcuts in public CPU-scale runs)
     warmup_steps: int = 100  # linear warm-up from 0
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # global gradient-norm clip
@@ -236,26 +239,25 @@ def make_train(cfg: Config, n_layers: int):
 RESUME_EVERY = 10
 
 
-def model_keys(cfg: Config, group: str) -> jax.Array:
-    base = jax.random.fold_in(jax.random.key(cfg.seed), list(GROUPS).index(group))
-    return jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.arange(n_models(cfg, group)))
+def group_keys(cfg: Config, group: str) -> jax.Array:
+    """Key of model k of a group: a pure function of (seed, group, k)."""
+    return model_keys(cfg.seed, list(GROUPS).index(group), n_models(cfg, group))
 
 
-def train(cfg: Config, run_dir: Path, *, devices=None, progress=True, stop_after_chunks: int | None = None
-          ) -> dict[str, float]:
+def train(cfg: Config, run: Run, *, devices=None, progress=True) -> dict[str, float]:
     """Train the 2-layer models and the 1-layer controls; params snapshot every ``checkpoint_every``."""
     times = {}
     for group, n_layers in GROUPS.items():
         init, step = make_train(cfg, n_layers)
         t = time.perf_counter()
         train_models(
-            directory=run_dir / "checkpoints" / group, init=init, step=step, keys=model_keys(cfg, group),
-            hparams=jnp.zeros(n_models(cfg, group)), n_steps=cfg.n_steps, chunk_steps=cfg.checkpoint_every,
-            log_every=cfg.log_every, meta={"config_hash": config.config_hash(cfg), "group": group},
+            directory=run.checkpoints(group), init=init, step=step, keys=group_keys(cfg, group),
+            per_model=jnp.zeros(n_models(cfg, group)),
+            schedule=Schedule(cfg.n_steps, cfg.checkpoint_every, cfg.log_every, resume_every=RESUME_EVERY,
+                              keep_last=2),
+            meta={"config_hash": config.config_hash(cfg), "group": group},
             devices=devices, progress=progress, desc=f"induction/{group} ({n_models(cfg, group)} seeds)",
-            stop_after_chunks=stop_after_chunks, snapshot=lambda state: state["params"],
-            snapshot_dir=run_dir / "params" / group, keep_last=2, models_per_call=on_cpu(1),
-            resume_every=RESUME_EVERY,
+            snapshot=lambda state: state["params"], snapshot_dir=run.params(group), models_per_call=on_cpu(1),
         )
         times[f"train.{group}"] = time.perf_counter() - t
     return times
@@ -280,21 +282,8 @@ def eval_sets(cfg: Config) -> dict[str, jax.Array]:
             "rrt_len": jnp.int32(rrt_len)}
 
 
-def prev_token_score(patterns: jax.Array) -> jax.Array:
-    """Mean attention from each position i >= 1 to i - 1: ``[batch, layers, heads, q, k] -> [layers, heads]``."""
-    return jnp.diagonal(patterns, offset=-1, axis1=-2, axis2=-1).mean((0, -1))
-
-
-def induction_score(patterns: jax.Array, length: int) -> jax.Array:
-    """On [BOS] + R + R with |R| = ``length``: attention from each second-copy token to the token
-    after its first occurrence (ARENA's stripe at offset 1 - length), averaged over the second
-    copy's rows only, so a perfect induction head scores 1: ``[layers, heads]``."""
-    dest = jnp.arange(length + 1, 2 * length + 1)
-    return patterns[:, :, :, dest, dest - length + 1].mean((0, -1))
-
-
 def head_scores(model: tf.Transformer, ev: dict[str, jax.Array], cfg: Config) -> dict[str, jax.Array]:
-    """Losses and every head's scores for one model on the evaluation sets (reference §2)."""
+    """Losses and every head's scores for one model on the evaluation sets (Olsson et al. 2022; Elhage et al. 2021)."""
     T = cfg.seq_len
     logits, cache = tf.run_with_cache(model, ev["train"], lambda n: n.endswith("hook_pattern"))
     losses = token_losses(logits, ev["train"])
@@ -318,58 +307,9 @@ def head_scores(model: tf.Transformer, ev: dict[str, jax.Array], cfg: Config) ->
     }
 
 
-def ov_qk(model: tf.Transformer) -> tuple[jax.Array, jax.Array]:
-    """W_OV = W_V W_O and W_QK = W_Q W_K^T per head, ``[layers, heads, d_model, d_model]`` (row-vector convention)."""
-    W_V = jnp.stack([b.attn.W_V for b in model.blocks])
-    W_O = jnp.stack([b.attn.W_O for b in model.blocks])
-    W_Q = jnp.stack([b.attn.W_Q for b in model.blocks])
-    W_K = jnp.stack([b.attn.W_K for b in model.blocks])
-    return jnp.einsum("lhde,lhem->lhdm", W_V, W_O), jnp.einsum("lhde,lhme->lhdm", W_Q, W_K)
-
-
-def copying_scores(model: tf.Transformer) -> jax.Array:
-    """OV-circuit eigenvalue positivity sum(l) / sum|l| of W_E W_OV W_U per head, ``[layers, heads]``.
-
-    The nonzero eigenvalues of W_E W_V W_O W_U equal those of the d_head x d_head W_O W_U W_E W_V.
-    """
-    small = jnp.stack([jnp.einsum("hem,mv,vd,hdf->hef", b.attn.W_O, model.unembed.W_U, model.embed.W_E, b.attn.W_V)
-                       for b in model.blocks])
-    ev = jnp.linalg.eigvals(small)
-    return ev.real.sum(-1) / jnp.abs(ev).sum(-1)
-
-
-def composition_scores(model: tf.Transformer) -> dict[str, jax.Array]:
-    """Q-, K- and V-composition from each layer-0 head into each layer-1 head: ``[heads0, heads1]``.
-
-    Elhage et al. 2021 in the row-vector convention of TransformerLens: with
-    left = W_OV of the layer-0 head, K uses left @ W_QK^T, Q uses left @ W_QK, V uses left @ W_OV
-    of the layer-1 head; score = ||left @ right||_F / (||left||_F ||right||_F). Pure jnp, so an
-    analysis can vmap it over every snapshot and seed.
-    """
-    OV, QK = ov_qk(model)
-    norm = lambda m: jnp.sqrt(jnp.sum(m * m, axis=(-2, -1)))  # noqa: E731
-    out = {}
-    for name, right in (("Q", QK[1]), ("K", QK[1].transpose(0, 2, 1)), ("V", OV[1])):
-        prod = jnp.einsum("adm,bmn->abdn", OV[0], right)
-        out[name] = norm(prod) / (norm(OV[0])[:, None] * norm(right)[None])
-    return out
-
-
-def composition_baseline(cfg: Config, draws: int = 200) -> float:
-    """The same score for random factorised matrices of the model's shapes (Elhage's baseline)."""
-    rng = np.random.default_rng(cfg.seed)
-    d, e = cfg.d_model, cfg.d_head
-    vals = []
-    for _ in range(draws):
-        A = rng.normal(size=(d, e)) @ rng.normal(size=(e, d))
-        B = rng.normal(size=(d, e)) @ rng.normal(size=(e, d))
-        vals.append(np.linalg.norm(A @ B) / (np.linalg.norm(A) * np.linalg.norm(B)))
-    return float(np.mean(vals))
-
-
-def load_snapshots(cfg: Config, run_dir: Path, group: str) -> tuple[np.ndarray, tf.Transformer]:
+def load_snapshots(cfg: Config, run: Run, group: str) -> tuple[np.ndarray, tf.Transformer]:
     """Steps ``[T]`` of every snapshot of a group and its models, stacked ``[T, seeds, ...]``."""
-    return checkpoint.history(run_dir / "params" / group, tf.init(jax.random.key(0), model_config(cfg, GROUPS[group])))
+    return run.snapshots(tf.init(jax.random.key(0), model_config(cfg, GROUPS[group])), group)
 
 
 def _final(x: np.ndarray) -> float:
@@ -397,16 +337,16 @@ def transition(steps: np.ndarray, rep_loss: np.ndarray, start: float, chance: fl
     return out
 
 
-def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
+def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     """Scores over every snapshot of every model, and the final models' circuits; saved to ``analysis.npz``."""
     ev = eval_sets(cfg)
     out: dict[str, np.ndarray] = {"chance": np.array(np.log(cfg.n_tokens)),
-                                  "composition_baseline": np.array(composition_baseline(cfg))}
+                                  "composition_baseline": np.array(composition_baseline(cfg.d_model, cfg.d_head, seed=cfg.seed))}
     for group in GROUPS:
-        steps, models = load_snapshots(cfg, run_dir, group)
-        flat, _ = checkpoint.restore(run_dir / "checkpoints" / group)
-        out[f"{group}.log_steps"] = np.arange(1, flat["logs.loss"].shape[1] + 1) * cfg.log_every
-        out[f"{group}.log_loss"], out[f"{group}.log_repeated_loss"] = flat["logs.loss"], flat["logs.repeated_loss"]
+        steps, models = load_snapshots(cfg, run, group)
+        logs = run.logs(group)
+        out[f"{group}.log_steps"] = np.arange(1, logs["loss"].shape[1] + 1) * cfg.log_every
+        out[f"{group}.log_loss"], out[f"{group}.log_repeated_loss"] = logs["loss"], logs["repeated_loss"]
         out[f"{group}.steps"] = steps
         # Snapshots one after another (lax.map), seeds side by side (vmap): 2.5x faster than
         # vmapping both, whose cached attention patterns for every model at once spill the caches.
@@ -452,7 +392,6 @@ def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
                 out[f"{group}.comp_{name}"] = np.asarray(comp[name][-1])  # the final models
                 out[f"{group}.comp_{name}_history"] = np.asarray(comp[name])
     out["eval_lengths"] = np.array(EVAL_LENGTHS)
-    np.savez(run_dir / "analysis.npz", **out)
     return out
 
 
@@ -462,7 +401,7 @@ def circuit_heads(a: dict[str, np.ndarray], s: int) -> tuple[int, int]:
 
 
 def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
-    """The issue's checks, with bands derived from the reference (stated in each)."""
+    """Checks against Olsson et al. 2022 and public reproductions, each band stated before the run."""
     chance = float(a["chance"])
     S = cfg.n_seeds
     checks = []
@@ -473,7 +412,7 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
     checks.append(report.Check(
         "2-layer: repeated-token loss plateau, then drop [t10, t50, t90, drop in nats] per seed", two,
         "every seed: drop from chance >= 2 nats; t10 >= 5% of training; window t90 - t10 <= t50 (public runs: "
-        "0.3..0.7 x t50, §3.2); t10..t90 measured from the 1-layer plateau to the final loss",
+        "0.3..0.7 x t50); t10..t90 measured from the 1-layer plateau to the final loss",
         all(t["drop"] >= 2 and t["t10"] >= 0.05 * cfg.n_steps and t["t90"] - t["t10"] <= t["t50"] for t in tr["2L"])))
     one = [round(t["drop"], 2) for t in tr["1L"]]
     checks.append(report.Check(
@@ -484,7 +423,7 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
     prev = [round(float(a["2L.prev_token_score"][-1, s, 0].max()), 3) for s in range(S)]
     checks.append(report.Check(
         "final best layer-1 induction score and layer-0 previous-token score per seed", [ind, prev],
-        "both >= 0.4 in every seed (ARENA's detectors flag 0.3..0.4; public runs end at 0.57..0.64, §2.1, §3.2)",
+        "both >= 0.4 in every seed (ARENA's detectors flag 0.3..0.4; public CPU-scale runs end at 0.57..0.64)",
         all(i >= 0.4 and p >= 0.4 for i, p in zip(ind, prev))))
     base = float(a["composition_baseline"])
     kc = []
@@ -494,7 +433,7 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
         kc.append([round(float(K[h0, h1]), 3), round(float(K[:, h1].max()), 3)])
     checks.append(report.Check(
         f"K-composition previous-token head -> induction head, and the largest into it (baseline {base:.3f})", kc,
-        "the pair's is the largest into the induction head, and above the random baseline (§2.6)",
+        "the pair's is the largest into the induction head, and above the random baseline (Elhage et al. 2021)",
         all(v >= mx - 1e-9 and v > base for v, mx in kc)))
     abl = []
     for s in range(S):
@@ -504,7 +443,7 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
     checks.append(report.Check(
         "repeated-token loss on [BOS]+R+R: clean, previous-token head ablated, induction head ablated", abl,
         f"clean <= half of chance (there is induction to undo), and each ablation recovers >= half the gap from "
-        f"clean to chance ({chance:.2f}) (§2.10; redundant heads can hold it lower)",
+        f"clean to chance ({chance:.2f}) (redundant heads can hold it lower, as public reproductions found)",
         all(c <= 0.5 * chance and p >= c + 0.5 * (chance - c) and i >= c + 0.5 * (chance - c) for c, p, i in abl)))
     lengths = a["eval_lengths"]
     out_of_range = (lengths < cfg.repeat_min) | (lengths > cfg.repeat_max)
@@ -513,7 +452,7 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
         f"repeated-token loss at held-out repeat lengths {[int(x) for x in lengths[out_of_range]]}, "
         "spans placed as in training", held,
         f"at least one fits the context, and every one that does <= {0.5 * chance:.2f} = half of chance "
-        "(shaikabdul's varied model: 0.35..0.98 at lengths 8..32, §3.1)",
+        "(a public varied-offset reproduction: 0.35..0.98 at lengths 8..32)",
         all(np.isfinite(h).any() and np.all(np.asarray(h)[np.isfinite(h)] <= 0.5 * chance) for h in held)))
     return checks
 
@@ -789,9 +728,9 @@ FIGURES = [
 ]
 
 
-def plot(cfg: Config, run_dir: Path) -> list[report.Figure]:
-    """Render every figure from ``analysis.npz``, without retraining."""
-    return experiment.render(cfg, run_dir, FIGURES)
+def plot(cfg: Config, run: Run) -> list[report.Figure]:
+    """Render every figure from the saved analysis, without retraining."""
+    return experiment.render(cfg, run, FIGURES)
 
 
 # ---------------------------------------------------------------------------

@@ -7,16 +7,19 @@ uniform-superposition geometry: dimensions per feature and feature dimensionalit
 
     python -m experiments.superposition all --preset paper --out runs/superposition
 
-Recipe (Anthropic's notebook, see ../shared/reference/superposition.md): features
-are 0 with probability S, else uniform in [0, 1]; x' = ReLU(W^T W x + b); loss is the
-importance-weighted squared error, mean over batch and features; AdamW, lr 1e-3,
-weight decay 1e-2 (torch's default), batch 1024 of fresh data, 10,000 steps.
+Recipe (Anthropic's notebook accompanying Elhage et al. 2022; the model, data and
+step live in ``toylab.tms``): features are 0 with probability S, else uniform in
+[0, 1]; x' = ReLU(W^T W x + b); loss is the importance-weighted squared error, mean
+over batch and features; AdamW, lr 1e-3, weight decay 1e-2 (torch's default), batch
+1024 of fresh data, 10,000 steps.
 Deviations, each for a stated reason: per-model Xavier-normal init (the notebook's
 torch init scales with the number of models trained together, so a model would
 depend on its neighbours); one uniform draw per feature gives both the mask and the
 value (u < p, then u / p, which is uniform on [0, 1): the same distribution with
 half the random numbers); several models per cell with the lowest-loss one drawn
-(the paper does this for its phase diagram and non-uniform figures).
+(the paper does this for its phase diagram and non-uniform figures), the lowest
+chosen by a precise estimate of each fit's expected loss (``tms.expected_loss``: 2^20
+fresh samples shared by the fits of a cell), not by the noisy logged training loss.
 """
 
 import dataclasses
@@ -28,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toylab import checkpoint, config, experiment, report, rng
+from toylab import config, experiment, report, tms
 from toylab.analysis import superposition as sp
 from toylab.config import require
-from toylab.train import on_cpu, train_models
+from toylab.runs import Run
+from toylab.train import Schedule, model_keys, on_cpu, train_models
 
 # ---------------------------------------------------------------------------
 # Config, with presets
@@ -44,7 +48,7 @@ class Config:
     batch_size: int = 1024  # fresh samples drawn every step (the notebook's 1024)
     lr: float = 1e-3  # AdamW learning rate, constant (the notebook's schedule)
     weight_decay: float = 1e-2  # torch AdamW's default, used by the notebook; optax's default is 1e-4
-    chunk_steps: int = 1000  # steps per compiled lax.scan; a checkpoint is written after each
+    checkpoint_every: int = 1000  # steps per compiled lax.scan; a checkpoint is written after each
     log_every: int = 100  # the loss is averaged over windows of this many steps and logged
     seed: int = 0  # root PRNG seed: every model's key is derived from it and its index
     intro_n_features: int = 5  # n of the introduction figure
@@ -65,17 +69,18 @@ class Config:
     geometry_n_hidden: int = 20  # m of the uniform-superposition figures (notebook: 20; paper: 30)
     geometry_n_densities: int = 20  # sparsity levels, 1-S = max_inv**-linspace(0, 1, k) (notebook: 20)
     geometry_max_inv_density: float = 20.0  # largest 1/(1-S) of the geometry sweep (notebook: 20)
+    best_fit_samples: int = 2**20  # fresh samples per fit for the expected loss that picks a cell's best fit
 
     def __post_init__(self) -> None:
-        for f in ("n_steps", "batch_size", "chunk_steps", "log_every", "intro_seeds", "basic_seeds",
+        for f in ("n_steps", "batch_size", "checkpoint_every", "log_every", "best_fit_samples", "intro_seeds", "basic_seeds",
                   "phase_seeds", "phase_n_r", "phase_n_density", "geometry_n_densities"):
             require(getattr(self, f) > 0, f, "a positive integer", getattr(self, f))
         require(self.lr > 0, "lr", "positive", self.lr)
         require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
-        require(self.n_steps % self.chunk_steps == 0, "n_steps", f"a multiple of chunk_steps={self.chunk_steps}",
-                self.n_steps)
-        require(self.chunk_steps % self.log_every == 0, "chunk_steps", f"a multiple of log_every={self.log_every}",
-                self.chunk_steps)
+        require(self.n_steps % self.checkpoint_every == 0, "n_steps",
+                f"a multiple of checkpoint_every={self.checkpoint_every}", self.n_steps)
+        require(self.checkpoint_every % self.log_every == 0, "checkpoint_every",
+                f"a multiple of log_every={self.log_every}", self.checkpoint_every)
         for part in ("intro", "basic", "geometry"):
             n, m = getattr(self, f"{part}_n_features"), getattr(self, f"{part}_n_hidden")
             require(n >= 1, f"{part}_n_features", ">= 1", n)
@@ -96,75 +101,16 @@ class Config:
 PRESETS: dict[str, Config] = {
     "paper": Config(),
     # Seconds on a laptop: every stage runs, nothing is expected to match the paper.
-    "smoke": Config(n_steps=200, batch_size=128, chunk_steps=100, log_every=20, intro_seeds=1,
+    "smoke": Config(n_steps=200, batch_size=128, checkpoint_every=100, log_every=20, intro_seeds=1,
                     intro_densities=(1.0, 0.1), basic_densities=(1.0, 0.1, 0.01), basic_seeds=1,
                     phase_n_r=3, phase_n_density=3, phase_seeds=2, geometry_n_features=20,
-                    geometry_n_hidden=4, geometry_n_densities=4),
+                    geometry_n_hidden=4, geometry_n_densities=4, best_fit_samples=2**14),
 }
 
 # ---------------------------------------------------------------------------
-# Data
+# Data and model: ``toylab.tms`` (make_batch, init_params, forward, loss_and_grad),
+# shared with any experiment that trains or reads a superposition model.
 # ---------------------------------------------------------------------------
-
-
-def make_batch(key: jax.Array, density: jax.Array, n_features: int, batch_size: int,
-               features_first: bool = False) -> jax.Array:
-    """Features that are 0 with probability S = 1 - density, else uniform in [0, 1).
-
-    One uniform u per feature does both jobs: the feature is on when u < density, and
-    then u / density is itself uniform on [0, 1), independent of the mask.
-    ``features_first`` lays the batch out as ``[n_features, batch]``, which the training
-    step uses (drawn from the same generator, with another layout of its counters).
-    """
-    if features_first:
-        u = rng.uniform(key, (n_features, batch_size), split_axis=1)
-    else:
-        u = rng.uniform(key, (batch_size, n_features))
-    return jnp.where(u < density, u / density, 0.0)
-
-
-# ---------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------
-
-
-def init_params(key: jax.Array, n_features: int, n_hidden: int) -> dict[str, jax.Array]:
-    """W ``[n_features, n_hidden]`` (row i = feature i's direction) and b_final ``[n_features]``."""
-    std = (2.0 / (n_features + n_hidden)) ** 0.5  # Xavier normal of one model
-    return {"W": std * jax.random.normal(key, (n_features, n_hidden)), "b_final": jnp.zeros(n_features)}
-
-
-def forward(params: dict[str, jax.Array], x: jax.Array, relu: jax.Array) -> jax.Array:
-    """x' = ReLU(W^T W x + b) for the ReLU model, W^T W x + b for the linear one."""
-    hidden = x @ params["W"]  # hook_hidden: [batch, n_hidden]
-    out = hidden @ params["W"].T + params["b_final"]
-    return jnp.where(relu, jax.nn.relu(out), out)  # hook_out: [batch, n_features]
-
-
-def loss_fn(params: dict[str, jax.Array], x: jax.Array, hp: dict[str, jax.Array]) -> jax.Array:
-    """Importance-weighted squared error, mean over batch and features (the notebook's convention)."""
-    return jnp.mean(hp["importance"] * (x - forward(params, x, hp["relu"])) ** 2)
-
-
-def loss_and_grad(params: dict[str, jax.Array], xt: jax.Array, hp: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
-    """``jax.value_and_grad(loss_fn)`` written out by hand, on a feature-major batch ``xt = x.T``.
-
-    Why: on a CPU these feature-major contractions run 1.4x faster than the batch-major
-    ones autodiff emits, and for the phase diagram's thousands of tiny vmapped models
-    the hand-written form also avoids autodiff's transposed batched matmuls (a test
-    holds the two equal). With err = x' - x and d = dL/d(out), dL/dW = x^T (d W) + d^T h
-    and dL/db = sum over the batch of d.
-    """
-    W = params["W"]
-    hidden = jnp.einsum("fh,fb->hb", W, xt)
-    out = jnp.einsum("fh,hb->fb", W, hidden) + params["b_final"][:, None]
-    importance = hp["importance"][:, None]
-    err = jnp.where(hp["relu"], jax.nn.relu(out), out) - xt
-    loss = jnp.mean(importance * err * err)
-    d_out = jnp.where((out > 0) | (hp["relu"] == 0), (2.0 / xt.size) * importance * err, 0.0)
-    d_hidden = jnp.einsum("fh,fb->hb", W, d_out)
-    grad_W = jnp.einsum("fb,hb->fh", xt, d_hidden) + jnp.einsum("fb,hb->fh", d_out, hidden)
-    return loss, {"W": grad_W, "b_final": d_out.sum(1)}
 
 
 # ---------------------------------------------------------------------------
@@ -214,27 +160,13 @@ def group_models(cfg: Config, group: str) -> tuple[int, int, dict[str, np.ndarra
 
 def make_train(cfg: Config, n_features: int, n_hidden: int):
     """Pure ``init(key, hp)`` and ``step(state, hp, t)`` of one model, for ``train_models``."""
-    opt = optax.adamw(cfg.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=cfg.weight_decay)
-
-    def init(key: jax.Array, hp: dict[str, jax.Array]) -> dict:
-        params = init_params(key, n_features, n_hidden)
-        return {"params": params, "opt_state": opt.init(params), "key": rng.key_words(jax.random.fold_in(key, 1))}
-
-    def step(state: dict, hp: dict[str, jax.Array], t: jax.Array) -> tuple[dict, dict]:
-        data_key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), t)  # depends on t alone
-        xt = make_batch(data_key, hp["density"], n_features, cfg.batch_size, features_first=True)
-        loss, grads = loss_and_grad(state["params"], xt, hp)
-        updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt_state": opt_state, "key": state["key"]}, {"loss": loss}
-
-    return init, step
+    return tms.make_train(n_features=n_features, n_hidden=n_hidden, batch_size=cfg.batch_size, lr=cfg.lr,
+                          weight_decay=cfg.weight_decay)
 
 
-def model_keys(cfg: Config, group: str, n_models: int) -> jax.Array:
+def group_keys(cfg: Config, group: str, n_models: int) -> jax.Array:
     """Key of model k of a group: a pure function of (seed, group, k)."""
-    base = jax.random.fold_in(jax.random.key(cfg.seed), GROUPS.index(group))
-    return jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.arange(n_models))
+    return model_keys(cfg.seed, GROUPS.index(group), n_models)
 
 
 # How many models each device runs per call (None: all of its models in one vmap). The
@@ -244,21 +176,20 @@ def model_keys(cfg: Config, group: str, n_models: int) -> jax.Array:
 MODELS_PER_CALL = {"geometry": 1}
 
 
-def train(cfg: Config, run_dir: Path, *, groups=GROUPS, devices=None, progress=True,
-          stop_after_chunks: int | None = None) -> dict[str, float]:
-    """Train every figure's models, resuming from ``run_dir`` checkpoints. Returns wall times."""
+def train(cfg: Config, run: Run, *, groups=GROUPS, devices=None, progress=True) -> dict[str, float]:
+    """Train every figure's models, resuming from the run's checkpoints. Returns wall times."""
     times = {}
     for group in groups:
         n, m, hp, _ = group_models(cfg, group)
         init, step = make_train(cfg, n, m)
         t = time.perf_counter()
         train_models(
-            directory=run_dir / "checkpoints" / group, init=init, step=step,
-            keys=model_keys(cfg, group, len(hp["density"])), hparams=jax.tree.map(jnp.asarray, hp),
-            n_steps=cfg.n_steps, chunk_steps=cfg.chunk_steps, log_every=cfg.log_every,
+            directory=run.checkpoints(group), init=init, step=step,
+            keys=group_keys(cfg, group, len(hp["density"])), per_model=jax.tree.map(jnp.asarray, hp),
+            schedule=Schedule(cfg.n_steps, cfg.checkpoint_every, cfg.log_every),
             meta={"config_hash": config.config_hash(cfg), "group": group}, devices=devices,
             progress=progress, desc=f"superposition/{group} ({len(hp['density'])} models {n}->{m})",
-            stop_after_chunks=stop_after_chunks, models_per_call=on_cpu(MODELS_PER_CALL.get(group)),
+            models_per_call=on_cpu(MODELS_PER_CALL.get(group)),
         )
         times[f"train.{group}"] = time.perf_counter() - t
     return times
@@ -269,25 +200,44 @@ def train(cfg: Config, run_dir: Path, *, groups=GROUPS, devices=None, progress=T
 # ---------------------------------------------------------------------------
 
 
-def load_group(run_dir: Path, group: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """W ``[models, n, m]``, b ``[models, n]``, logged loss ``[models, logs]`` of the final checkpoint."""
-    flat, _ = checkpoint.restore(run_dir / "checkpoints" / group)
-    return flat["state.params.W"], flat["state.params.b_final"], flat["logs.loss"]
-
-
 def _best(values: np.ndarray, loss: np.ndarray, seeds: int) -> np.ndarray:
-    """For each cell, the model with the lowest final loss."""
+    """For each cell, the model with the lowest ``loss``."""
     loss = loss.reshape(-1, seeds)
     idx = np.argmin(loss, axis=1)
     return values.reshape(loss.shape[0], seeds, *values.shape[1:])[np.arange(loss.shape[0]), idx]
 
 
-def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
-    """The paper's measurements from the final checkpoints, saved to ``analysis.npz``."""
+def fit_losses(cfg: Config, group: str, params: dict[str, np.ndarray], hp: dict[str, np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Every model's expected loss ``[models]`` and, per cell, how many standard errors separate
+    the best fit from the runner-up ``[cells]`` (inf with one seed).
+
+    All fits of a cell see the same 2^20 samples (one key per cell), so their
+    difference is measured far more precisely than either loss (``tms.expected_loss``).
+    """
+    _, _, _, labels = group_models(cfg, group)
+    seeds = int(labels["seeds"])
+    n_models = params["W"].shape[0]
+    cell_keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.key(cfg.seed + 10_000), c))(
+        jnp.arange(n_models) // seeds)
+    mean, batches = jax.jit(jax.vmap(lambda p, h, k: tms.expected_loss(p, h, k, cfg.best_fit_samples)))(
+        jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, hp), cell_keys)
+    mean, batches = np.asarray(mean, np.float64), np.asarray(batches, np.float64).reshape(-1, seeds, len(batches[0]))
+    if seeds == 1:
+        return mean, np.full(len(batches), np.inf)
+    order = np.argsort(mean.reshape(-1, seeds), axis=1)
+    cells = np.arange(len(batches))
+    diff = batches[cells, order[:, 1]] - batches[cells, order[:, 0]]  # runner-up minus best, paired
+    return mean, diff.mean(-1) / (diff.std(-1, ddof=1) / np.sqrt(diff.shape[-1]))
+
+
+def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
+    """The paper's measurements from the final checkpoints."""
     out: dict[str, np.ndarray] = {}
     for group in GROUPS:
         n, m, hp, labels = group_models(cfg, group)
-        W, b, losses = load_group(run_dir, group)
+        state, logs = run.final(group)
+        W, b, losses = state["params.W"], state["params.b_final"], logs["loss"]
         seeds = int(labels["seeds"])
         final = losses[:, -1]
         out[f"{group}.density"] = labels["density"]
@@ -304,6 +254,12 @@ def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
             out["phase.empirical"] = sp.phase_empirical(_best(W, final, seeds))
             out["phase.theory"] = sp.phase_theory(labels["r"], labels["density"])
             continue
+        if seeds > 1:  # a precise loss picks the drawn fit; the logged one is kept to show the difference
+            expected, margin = fit_losses(cfg, group, {"W": W, "b_final": b}, hp)
+            out[f"{group}.expected_loss"], out[f"{group}.best_margin_se"] = expected, margin
+            out[f"{group}.logged_pick_agrees"] = (np.argmin(final.reshape(-1, seeds), 1)
+                                                  == np.argmin(expected.reshape(-1, seeds), 1))
+            final = expected
         Wb, bb = _best(W, final, seeds), _best(b, final, seeds)
         out[f"{group}.W"], out[f"{group}.b"] = Wb, bb
         out[f"{group}.norms"] = sp.feature_norms(Wb)
@@ -312,64 +268,63 @@ def analyze(cfg: Config, run_dir: Path) -> dict[str, np.ndarray]:
         if group == "geometry":
             out["geometry.dims_per_feature"] = sp.dims_per_feature(Wb)
             out["geometry.dimensionality"] = sp.dimensionality(Wb)
-    np.savez(run_dir / "analysis.npz", **out)
     return out
 
 
 def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
-    """The reference's quantitative claims (§3), each against a band fixed in advance."""
+    """The paper's quantitative claims (Elhage et al. 2022), each against a band fixed in advance."""
     checks = []
     m = cfg.basic_n_hidden
-    # 1. The linear model learns exactly the top-m features (reference §3.1: norms within 0.05 of 1 and 0).
+    # 1. The linear model learns exactly the top-m features (norms within 0.05 of 1 and 0).
     norms = a["basic.norms"][0]
     top, rest = norms[:m], norms[m:]
     checks.append(report.Check(
         f"linear {cfg.basic_n_features}->{m}: top {m} features have ||W_i|| = 1, the rest 0",
         [round(float(top.min()), 3), round(float(rest.max()), 3)],
-        "min top norm >= 0.95 and max other norm <= 0.05 (§3.1)",
+        "min top norm >= 0.95 and max other norm <= 0.05 (Elhage et al. 2022, Basic Results)",
         bool(top.min() >= 0.95 and rest.max() <= 0.05)))
-    # 2. The ReLU model's count grows with sparsity, from m towards the paper's count (§3.3).
+    # 2. The ReLU model's count grows with sparsity, from m towards the paper's count (Elhage et al. 2022, Basic Results).
     counts = [int(c) for c in a["basic.n_represented"][1:]]
     dens = list(cfg.basic_densities)
     checks.append(report.Check(
         f"ReLU {cfg.basic_n_features}->{m}: features represented (||W_i|| > 0.5) grow with sparsity",
-        counts, "non-decreasing as 1-S falls (a dip of 1 allowed) and rising by >= 5 overall (§3.3)",
+        counts, "non-decreasing as 1-S falls (a dip of 1 allowed) and rising by >= 5 overall (Elhage et al. 2022, Basic Results)",
         bool(all(b >= a_ - 1 for a_, b in zip(counts, counts[1:])) and counts[-1] - counts[0] >= 5)))
     if dens[0] == 1.0:
         checks.append(report.Check(f"ReLU {cfg.basic_n_features}->{m} at 1-S = 1: represents the top {m}",
-                                   counts[0], f"{m} (§3.2)", counts[0] == m))
+                                   counts[0], f"{m} (Elhage et al. 2022, Basic Results)", counts[0] == m))
     if 0.001 in dens and cfg.basic_n_features == 20 and m == 5:
         c = counts[dens.index(0.001)]
         checks.append(report.Check("ReLU 20->5 at 1-S = 0.001: features represented", c,
-                                   "about 18 (12 full + ~6 partial, digitised) -> 15..20 (§3.3)", 15 <= c <= 20))
-    # 3. The pentagon (§3.4): all five features, neighbours about 72 degrees apart.
+                                   "about 18 (12 full + ~6 partial, digitised) -> 15..20 (Elhage et al. 2022, Basic Results figure)", 15 <= c <= 20))
+    # 3. The pentagon (the paper's introduction figure): all five features, neighbours about 72 degrees apart.
     for i, d in enumerate(cfg.intro_densities):
         if d <= 0.1 and cfg.intro_n_features == 5:
             ang = sp.adjacent_angles(a["intro.W"][i])
             ok = len(ang) == 5 and float(np.max(np.abs(ang - 72))) <= 10
             checks.append(report.Check(f"5->2 at 1-S = {d}: all five features as a pentagon (adjacent angles)",
-                                       [round(float(x), 1) for x in ang], "5 angles, each 72 +/- 10 deg (§3.4)", ok))
-    # 4. Phase diagram agrees with theory away from the boundaries (§3.5).
+                                       [round(float(x), 1) for x in ang], "5 angles, each 72 +/- 10 deg (Elhage et al. 2022, introduction figure)", ok))
+    # 4. Phase diagram agrees with theory away from the boundaries (Superposition as a Phase Change).
     r, s = a["phase.r"], a["phase.density"]
     far = (np.abs(np.log10(s / sp.phase_boundary(r))) > 0.2) & (np.abs(np.log10(r)) > 0.2)
     agree = float(np.mean(a["phase.empirical"][far] == a["phase.theory"][far])) if far.any() else float("nan")
     checks.append(report.Check(
         "phase diagram n=2, m=1: empirical phase = analytic phase, cells > 0.2 decades from a boundary",
-        round(agree, 3), ">= 0.9 of cells agree (§3.5)", bool(agree >= 0.9)))
-    # 5. Dimensions per feature plateau at 1/2 (§3.6, 1/(1-S) in [2.2, 4.2] for 200->20).
+        round(agree, 3), ">= 0.9 of cells agree (Elhage et al. 2022, Superposition as a Phase Change)", bool(agree >= 0.9)))
+    # 5. Dimensions per feature plateau at 1/2 (1/(1-S) in [2.2, 4.2] for 200->20).
     inv = 1 / a["geometry.density"]
     mid = (inv >= 2.2) & (inv <= 4.2)
     dstar = a["geometry.dims_per_feature"]
     plateau = float(np.mean(dstar[mid])) if mid.any() else float("nan")
     checks.append(report.Check("geometry: dimensions per feature D* for 1/(1-S) in [2.2, 4.2]",
-                               round(plateau, 3), "plateau at 1/2: 0.44..0.56 (§2.4, §3.6)",
+                               round(plateau, 3), "plateau at 1/2: 0.44..0.56 (Elhage et al. 2022, Uniform Superposition)",
                                bool(0.44 <= plateau <= 0.56)))
-    # 6. Feature dimensionalities sum to about m (§3.7), over the sparse models.
+    # 6. Feature dimensionalities sum to about m , over the sparse models.
     sums = a["geometry.dimensionality"].sum(-1) / cfg.geometry_n_hidden
     sparse = inv >= 2
     med = float(np.median(sums[sparse])) if sparse.any() else float("nan")
     checks.append(report.Check("geometry: sum_i D_i / m, median over models with 1/(1-S) >= 2",
-                               round(med, 3), "about 1: 0.9..1.1 (§3.7)", bool(0.9 <= med <= 1.1)))
+                               round(med, 3), "about 1: 0.9..1.1 (Elhage et al. 2022, Feature Dimensionality)", bool(0.9 <= med <= 1.1)))
     return checks
 
 
@@ -557,9 +512,9 @@ FIGURES = [
 ]
 
 
-def plot(cfg: Config, run_dir: Path) -> list[report.Figure]:
-    """Render every figure from ``analysis.npz``, without retraining."""
-    return experiment.render(cfg, run_dir, FIGURES)
+def plot(cfg: Config, run: Run) -> list[report.Figure]:
+    """Render every figure from the saved analysis, without retraining."""
+    return experiment.render(cfg, run, FIGURES)
 
 
 # ---------------------------------------------------------------------------

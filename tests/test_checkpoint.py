@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import superposition as exp
-from toylab import checkpoint, config
+from toylab import checkpoint, config, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def cli(out: Path, *extra: str, env: dict | None = None) -> subprocess.Completed
 
 
 def final_states(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
-    return {g: checkpoint.restore(run_dir / "checkpoints" / g)[0] for g in exp.GROUPS}
+    return {g: runs.open(run_dir).final(g)[0] for g in exp.GROUPS}
 
 
 def test_kill_and_resume_is_bitwise_identical(tmp_path):
@@ -50,8 +50,8 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path):
     r = cli(killed, "train", env={"TOYLAB_KILL_AFTER_CHUNKS": "1"})
     assert r.returncode == -9, r.stderr[-500:]  # SIGKILL after the first chunk's checkpoint
     cfg = exp.PRESETS["smoke"]
-    assert checkpoint.steps(killed / "checkpoints" / "intro") == [cfg.chunk_steps]
-    assert not (killed / "checkpoints" / "basic").exists()
+    assert checkpoint.steps(runs.Run(killed).checkpoints("intro")) == [cfg.checkpoint_every]
+    assert not runs.Run(killed).checkpoints("basic").exists()
     r = cli(killed, "train")  # the same command again resumes
     assert r.returncode == 0, r.stderr[-500:]
     a, b = final_states(whole), final_states(killed)
@@ -72,7 +72,7 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path, capsys):
     code, err = run_main(["analyze", "--preset", "smoke", "--out", str(run)], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "run the train stage first" in err
     assert cli(run, "train").returncode == 0
-    step_dir = run / "checkpoints" / "basic" / str(exp.PRESETS["smoke"].n_steps)
+    step_dir = runs.Run(run).checkpoints("basic") / str(exp.PRESETS["smoke"].n_steps)
     for f in (step_dir / "state").rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"\x00garbage" * 8)

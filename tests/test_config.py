@@ -24,7 +24,7 @@ def run(argv, tmp_path, capsys):
     (["train", "--preset", "nope"], "preset"),
     (["train", "--n-stepz", "10"], "--n-steps"),
     (["fly"], "stage"),
-    (["train", "--n-steps", "1500"], "chunk_steps"),
+    (["train", "--n-steps", "1500"], "checkpoint_every"),
 ])
 def test_bad_input_is_one_line_naming_the_field(argv, names, tmp_path, capsys):
     code, err = run(argv, tmp_path, capsys)

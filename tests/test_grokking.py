@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from experiments import grokking as exp
-from toylab import checkpoint, config
+from toylab import checkpoint, config, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def test_the_training_loss_is_float64():
 
 
 @pytest.mark.parametrize("argv, field", [(["--p", "100"], "p"), (["--frac-train", "1.5"], "frac_train"),
-                                         (["--n-epochs", "175"], "n_epochs"), (["--lr", "-1"], "lr"),
+                                         (["--n-steps", "175"], "n_steps"), (["--lr", "-1"], "lr"),
                                          (["--weight-decay", "-0.1"], "weight_decay")])
 def test_bad_values_are_one_line_errors_before_any_compute(tmp_path, capsys, argv, field):
     with pytest.raises(SystemExit) as e:
@@ -62,12 +63,13 @@ def test_smoke_end_to_end(tmp_path, capsys):
         assert (run / f["path"]).stat().st_size > 10_000 and (figs / Path(f["path"]).name).exists()
     cfg = exp.PRESETS["smoke"]
     # a snapshot every checkpoint_every epochs, from 0; only the last two full states are kept to resume
-    assert checkpoint.steps(run / "params") == list(range(0, cfg.n_epochs + 1, cfg.checkpoint_every))
-    assert checkpoint.steps(run / "checkpoints") == [cfg.n_epochs - cfg.checkpoint_every, cfg.n_epochs]
-    flat, _ = checkpoint.restore(run / "params")
-    assert flat["blocks.0.attn.W_Q"].shape == (1, cfg.n_heads, cfg.d_model, cfg.d_head)  # TransformerLens names
+    r = runs.open(run)
+    assert checkpoint.steps(r.params()) == list(range(0, cfg.n_steps + 1, cfg.checkpoint_every))
+    assert checkpoint.steps(r.checkpoints()) == [cfg.n_steps - cfg.checkpoint_every, cfg.n_steps]
+    steps, models = r.snapshots(exp.init_model(jax.random.key(0), cfg))
+    assert models.blocks[0].attn.W_Q.shape == (len(steps), 1, cfg.n_heads, cfg.d_model, cfg.d_head)  # TL shapes
     # the losses logged while training equal those recomputed from the snapshots
-    a = np.load(run / "analysis.npz")
+    a = r.analysis()
     # (the loss at step t is logged before update t; the last snapshot, after the last update, has no log)
     np.testing.assert_allclose(a["s0.ckpt_train_loss"][:-1], a["log_loss"][0, a["epochs"][:-1]], rtol=1e-4)
     first = {f["path"]: (run / f["path"]).read_bytes() for f in rep["figures"]}
@@ -86,13 +88,14 @@ def test_kill_and_resume_gives_the_same_snapshots(tmp_path):
     assert cli(whole).returncode == 0
     r = cli(killed, env={"TOYLAB_KILL_AFTER_CHUNKS": "2"})
     assert r.returncode == -9, r.stderr[-500:]
-    assert checkpoint.steps(killed / "params")[-1] == 2 * exp.PRESETS["smoke"].checkpoint_every
+    assert checkpoint.steps(runs.Run(killed).params())[-1] == 2 * exp.PRESETS["smoke"].checkpoint_every
     assert cli(killed).returncode == 0
-    for sub in ("params", "checkpoints"):
-        steps = checkpoint.steps(whole / sub)
-        assert steps == checkpoint.steps(killed / sub)
+    for where in ("params", "checkpoints"):
+        a_dir, b_dir = getattr(runs.Run(whole), where)(), getattr(runs.Run(killed), where)()
+        steps = checkpoint.steps(a_dir)
+        assert steps == checkpoint.steps(b_dir)
         for t in steps:
-            a, b = checkpoint.restore(whole / sub, t)[0], checkpoint.restore(killed / sub, t)[0]
+            a, b = checkpoint.restore(a_dir, t)[0], checkpoint.restore(b_dir, t)[0]
             assert set(a) == set(b)
             for k in a:
-                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{sub}/{t}/{k}")
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{where}/{t}/{k}")

@@ -8,6 +8,7 @@ import numpy as np
 
 from experiments import induction as exp
 from toylab import transformer as tf
+from toylab.analysis import attention
 
 CFG = exp.Config(n_tokens=32, seq_len=48, repeat_min=4, repeat_max=12, d_model=16, n_heads=2, d_head=4)
 
@@ -51,12 +52,12 @@ def planted(kind: str, T: int = 2 * 8 + 1) -> jnp.ndarray:
 
 
 def test_scores_on_planted_heads():
-    assert float(exp.prev_token_score(planted("prev"))[0, 0]) == 1.0
-    assert float(exp.induction_score(planted("induction"), 8)[0, 0]) == 1.0
-    assert float(exp.induction_score(planted("prev"), 8)[0, 0]) == 0.0
-    uniform_prev = float(exp.prev_token_score(planted("uniform"))[0, 0])
+    assert float(attention.prev_token_score(planted("prev"))[0, 0]) == 1.0
+    assert float(attention.induction_score(planted("induction"), 8)[0, 0]) == 1.0
+    assert float(attention.induction_score(planted("prev"), 8)[0, 0]) == 0.0
+    uniform_prev = float(attention.prev_token_score(planted("uniform"))[0, 0])
     assert abs(uniform_prev - np.mean(1 / (np.arange(1, 17) + 1))) < 1e-6  # chance: 1 / (number of keys)
-    assert float(exp.induction_score(planted("uniform"), 8)[0, 0]) < 0.15
+    assert float(attention.induction_score(planted("uniform"), 8)[0, 0]) < 0.15
 
 
 def planted_model(sign: float = 1.0) -> tf.Transformer:
@@ -80,24 +81,24 @@ def planted_model(sign: float = 1.0) -> tf.Transformer:
 
 
 def test_composition_scores_on_planted_matrices():
-    comp = exp.composition_scores(planted_model())
+    comp = attention.composition_scores(planted_model())
     K = comp["K"]
     assert K[0, 1] > 0.4 and abs(K[0, 0]) < 1e-9 and abs(K[1, 1]) < 1e-9  # only head 0 -> head 1 composes
     assert np.argmax(K[:, 1]) == 0
     assert comp["Q"][0, 1] < 1e-9  # head 1's queries read e0, e1, which no layer-0 head writes
-    base = exp.composition_baseline(exp.Config(d_model=64, d_head=16), draws=50)
+    base = attention.composition_baseline(64, 16, draws=50)
     assert 0.08 < base < 0.2  # about 1 / sqrt(d_model) for random factorised matrices
 
 
 def test_copying_score_signs():
     # layer-0 head 0 maps e0, e1 to e2, e3: no copying; head 1 maps e6, e7 to themselves: +1
-    c = np.asarray(exp.copying_scores(planted_model()))
+    c = np.asarray(attention.copying_scores(planted_model()))
     assert abs(c[0, 1] - 1) < 1e-6 and abs(c[1, 0] - 1) < 1e-6
     m = planted_model()
     a = m.blocks[0].attn
     flipped = tf.Attention(a.W_Q, a.W_K, a.W_V, -a.W_O, None, None, None, None)
     m = tf.Transformer(m.cfg, m.embed, m.pos_embed, (tf.Block(None, flipped, None, None), m.blocks[1]), None, m.unembed)
-    assert abs(float(exp.copying_scores(m)[0, 1]) + 1) < 1e-6  # anti-copying head scores -1
+    assert abs(float(attention.copying_scores(m)[0, 1]) + 1) < 1e-6  # anti-copying head scores -1
 
 
 def test_smoke_end_to_end(tmp_path, capsys):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from jax.extend.random import threefry_2x32
 
-from experiments.superposition import make_batch
+from toylab.tms import make_batch
 from toylab import rng
 
 

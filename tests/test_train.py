@@ -9,22 +9,22 @@ import numpy as np
 import pytest
 
 from experiments import superposition as exp
-from toylab import checkpoint
+from toylab import checkpoint, tms
 from toylab import train as core
 
-CFG = dataclasses.replace(exp.PRESETS["smoke"], n_steps=60, chunk_steps=20, log_every=10)
+CFG = dataclasses.replace(exp.PRESETS["smoke"], n_steps=60, checkpoint_every=20, log_every=10)
 
 
-def run_group(tmp, group="basic", select=None, devices=None, desc="t", **kw):
+def run_group(tmp, group="basic", select=None, devices=None, desc="t", resume_every=1, **kw):
     n, m, hp, _ = exp.group_models(CFG, group)
-    keys = exp.model_keys(CFG, group, len(hp["density"]))
+    keys = exp.group_keys(CFG, group, len(hp["density"]))
     hp = jax.tree.map(jnp.asarray, hp)
     if select is not None:
         keys, hp = keys[select], jax.tree.map(lambda a: a[select], hp)
     init, step = exp.make_train(CFG, n, m)
-    return core.train_models(directory=tmp, init=init, step=step, keys=keys, hparams=hp, n_steps=CFG.n_steps,
-                             chunk_steps=CFG.chunk_steps, log_every=CFG.log_every, meta={"config_hash": "x"},
-                             devices=devices, progress=False, desc=desc, **kw)
+    schedule = core.Schedule(CFG.n_steps, CFG.checkpoint_every, CFG.log_every, resume_every=resume_every)
+    return core.train_models(directory=tmp, init=init, step=step, keys=keys, per_model=hp, schedule=schedule,
+                             meta={"config_hash": "x"}, devices=devices, progress=False, desc=desc, **kw)
 
 
 def test_two_devices_are_visible():
@@ -63,9 +63,9 @@ def test_models_looped_per_device_equal_models_vmapped(tmp_path):
 def test_sparse_full_checkpoints_resume_to_the_same_bits(tmp_path):
     whole, whole_logs = run_group(tmp_path / "run", resume_every=2, snapshot=lambda s: s["params"],
                                   snapshot_dir=tmp_path / "snap")
-    steps = [CFG.chunk_steps * 2, CFG.n_steps]  # chunk 2 and the last, not chunk 1
+    steps = [CFG.checkpoint_every * 2, CFG.n_steps]  # chunk 2 and the last, not chunk 1
     assert checkpoint.steps(tmp_path / "run") == steps
-    assert checkpoint.steps(tmp_path / "snap") == list(range(0, CFG.n_steps + 1, CFG.chunk_steps))
+    assert checkpoint.steps(tmp_path / "snap") == list(range(0, CFG.n_steps + 1, CFG.checkpoint_every))
     shutil.rmtree(tmp_path / "run" / str(CFG.n_steps))  # as if killed during the last chunk
     resumed, resumed_logs = run_group(tmp_path / "run", resume_every=2, snapshot=lambda s: s["params"],
                                       snapshot_dir=tmp_path / "snap")
@@ -80,24 +80,22 @@ def test_chunks_do_not_retrace(tmp_path):
     assert core.TRACE_COUNT["retrace"] == 1
 
 
-def test_bad_chunking_is_refused(tmp_path):
-    n, m, hp, _ = exp.group_models(CFG, "intro")
-    init, step = exp.make_train(CFG, n, m)
+def test_bad_chunking_is_refused():
     with pytest.raises(ValueError, match="multiple"):
-        core.train_models(directory=tmp_path, init=init, step=step, keys=exp.model_keys(CFG, "intro", 2),
-                          hparams=jax.tree.map(jnp.asarray, hp), n_steps=50, chunk_steps=20, log_every=10,
-                          meta={}, progress=False)
+        core.Schedule(n_steps=50, checkpoint_every=20, log_every=10)
+    with pytest.raises(ValueError, match="multiple"):
+        core.Schedule(n_steps=60, checkpoint_every=20, log_every=15)
 
 
 def test_hand_written_gradient_equals_autodiff():
     n, m, hp, _ = exp.group_models(CFG, "basic")
-    params = exp.init_params(jax.random.key(0), n, m)
+    params = tms.init_params(jax.random.key(0), n, m)
     params["b_final"] = 0.1 * jax.random.normal(jax.random.key(2), (n,))
-    x = exp.make_batch(jax.random.key(1), jnp.float32(0.3), n, 64)
+    x = tms.make_batch(jax.random.key(1), jnp.float32(0.3), n, 64)
     for k in (0, 1):  # the linear model, then a ReLU model
         h = jax.tree.map(lambda a: jnp.asarray(a[k]), hp)
-        loss, grads = jax.value_and_grad(exp.loss_fn)(params, x, h)
-        loss2, grads2 = exp.loss_and_grad(params, x.T, h)
+        loss, grads = jax.value_and_grad(tms.loss_fn)(params, x, h)
+        loss2, grads2 = tms.loss_and_grad(params, x.T, h)
         np.testing.assert_allclose(loss2, loss, rtol=1e-6)
         for name in grads:
             np.testing.assert_allclose(grads2[name], grads[name], rtol=1e-4, atol=1e-8)

@@ -1,8 +1,8 @@
 """The run's report: checks against the paper's numbers, figures with captions, provenance.
 
 A ``Check`` holds what was measured, what the paper says (a value or a band, as text
-and as the rule applied) and whether it passed. Bands come from the reference notes
-of each paper and are fixed before a run; they are never adjusted to make a run pass.
+and as the rule applied) and whether it passed. Bands come from each paper (cited in
+the check's text) and are fixed before a run; they are never adjusted to make a run pass.
 """
 
 import dataclasses

@@ -10,13 +10,18 @@ An experiment supplies two pure functions of one model:
   uninterrupted one.
 
 ``train_models`` vmaps both over the model axis (sparsities x seeds x grid cells
-flattened), shards that axis over the devices, and runs ``n_steps`` in chunks of
-``chunk_steps`` with a checkpoint after each. The chunk function is jitted once and
-reused: its start step is a traced argument, so no chunk retraces (``TRACE_COUNT``
-lets tests prove it).
+flattened), shards that axis over the devices, and runs a ``Schedule``: ``n_steps``
+in chunks of ``checkpoint_every`` with a checkpoint after each. The chunk function is
+jitted once and reused: its start step is a traced argument, so no chunk retraces
+(``TRACE_COUNT`` lets tests prove it). ``hp`` is the model's row of ``per_model``:
+every per-model hyperparameter (a learning rate, a sparsity, a seed's data) enters
+the compiled program as an array with a model axis.
 """
 
-from collections.abc import Callable, Mapping
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,66 @@ InitFn = Callable[[jax.Array, Any], Any]
 StepFn = Callable[[Any, Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
 
 TRACE_COUNT: dict[str, int] = {}  # times each chunk function was traced (tests read it)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When a group of models trains, logs and writes checkpoints (all in optimisation steps)."""
+
+    n_steps: int  # optimisation steps per model
+    checkpoint_every: int  # steps per compiled chunk; snapshots (and checkpoints) are written after each
+    log_every: int  # metrics are averaged over windows of this many steps and logged
+    resume_every: int = 1  # write the full state (to resume) every this many chunks, and after the last
+    keep_last: int | None = None  # full-state checkpoints kept (None: all); snapshots keep the history
+
+    def __post_init__(self) -> None:
+        if self.n_steps % self.checkpoint_every or self.checkpoint_every % self.log_every:
+            raise ValueError(f"n_steps={self.n_steps} must be a multiple of checkpoint_every="
+                             f"{self.checkpoint_every}, itself a multiple of log_every={self.log_every}")
+
+
+ChunkCallback = Callable[[int], None]
+_ON_CHUNK: contextvars.ContextVar[tuple[ChunkCallback, ...]] = contextvars.ContextVar("on_chunk", default=())
+
+
+@contextlib.contextmanager
+def on_chunk(callback: ChunkCallback) -> Iterator[None]:
+    """Call ``callback(step)`` after every chunk that ``train_models`` runs (and checkpoints) inside this block.
+
+    Why a context and not an argument: the callers that need it (the runner's kill
+    switch for resume tests, a progress hook) sit above the experiments, which should
+    not have to pass it along.
+    """
+    token = _ON_CHUNK.set((*_ON_CHUNK.get(), callback))
+    try:
+        yield
+    finally:
+        _ON_CHUNK.reset(token)
+
+
+def kill_after(n_chunks: int) -> ChunkCallback:
+    """A callback that SIGKILLs this process after ``n_chunks`` chunks: how tests prove exact resume."""
+    seen = [0]
+
+    def callback(step: int) -> None:
+        seen[0] += 1
+        if seen[0] >= n_chunks:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)  # a hard kill, as a crash or Ctrl-\ would be
+
+    return callback
+
+
+def model_keys(seed: int, group: int, n_models: int) -> jax.Array:
+    """Key of model k of group ``group``: a pure function of (seed, group, k), the lab's one way.
+
+    A model's key never depends on how many models train beside it, so a model can be
+    retrained alone, or inside a bigger sweep, to the same bits.
+    """
+    base = jax.random.fold_in(jax.random.key(seed), group)
+    return jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.arange(n_models))
 
 
 def make_chunk(step: StepFn, chunk_steps: int, log_every: int, name: str = "chunk",
@@ -112,40 +177,33 @@ def train_models(
     init: InitFn,
     step: StepFn,
     keys: jax.Array,
-    hparams: Any,
-    n_steps: int,
-    chunk_steps: int,
-    log_every: int,
+    per_model: Any,
+    schedule: Schedule,
     meta: Mapping[str, Any],
     devices: list | None = None,
     progress: bool = True,
     desc: str = "train",
-    stop_after_chunks: int | None = None,
     snapshot: Callable[[Any], Any] | None = None,
     snapshot_dir: Path | None = None,
-    keep_last: int | None = None,
     models_per_call: int | None = None,
-    resume_every: int = 1,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Train ``len(keys)`` models, resuming from ``directory`` if it holds checkpoints.
 
     Args:
         directory: checkpoint folder of this group of models.
-        keys: typed PRNG keys, one per model: model k is a pure function of keys[k], hparams[k].
-        hparams: pytree of arrays with a leading model axis.
+        keys: typed PRNG keys, one per model: model k is a pure function of keys[k], per_model[k].
+        per_model: pytree of arrays with a leading model axis (each model's hyperparameters and data).
+        schedule: steps, chunking, logging, and how often the full state is kept. A resumed
+            run repeats at most ``resume_every`` chunks, to the same bits, since a step's
+            data depend on its global step only.
         meta: JSON-able facts saved with every checkpoint; a checkpoint whose
             ``meta["config_hash"]`` differs from this one is refused, never overwritten.
-        stop_after_chunks: for tests: SIGKILL this process after that many new chunks.
         snapshot, snapshot_dir: also save ``snapshot(state)`` (e.g. the parameters
             alone) into ``snapshot_dir`` at step 0 and after every chunk, all kept: the
             history an analysis over training reads.
-        keep_last: keep only this many full-state checkpoints (None: all); they exist
-            to resume, so two are enough when snapshots keep the history.
         models_per_call: see ``make_chunk``.
-        resume_every: write the full-state checkpoint after every this many chunks
-            (and after the last); snapshots are still written after every chunk. A
-            resumed run repeats at most this many chunks, to the same bits, since a
-            step's data depend on its global step only.
+
+    Callbacks registered with ``on_chunk`` run after each chunk's checkpoint.
 
     Returns:
         The final state as a flat dict of numpy arrays, and the logs
@@ -153,16 +211,14 @@ def train_models(
     """
     import tqdm
 
-    if n_steps % chunk_steps or chunk_steps % log_every:
-        raise ValueError(f"n_steps={n_steps} must be a multiple of chunk_steps={chunk_steps}, "
-                         f"itself a multiple of log_every={log_every}")
+    n_steps, chunk_steps, log_every = schedule.n_steps, schedule.checkpoint_every, schedule.log_every
     n_models = keys.shape[0]
     # Fewer models than devices: leave devices idle rather than train padding copies
     # (on a CPU, one device's matmuls already use every core).
     sharding = model_sharding(list(devices or jax.devices())[:n_models])
     n_dev = sharding.mesh.devices.size
     padded = -(-n_models // n_dev) * n_dev
-    keys, hparams = _pad((keys, hparams), padded) if padded != n_models else (keys, hparams)
+    keys, hparams = _pad((keys, per_model), padded) if padded != n_models else (keys, per_model)
     hparams = jax.device_put(hparams, sharding)
     chunk = make_chunk(step, chunk_steps, log_every, name=desc, models_per_call=models_per_call, sharding=sharding)
     init_v = jax.jit(jax.vmap(init), out_shardings=sharding)
@@ -192,27 +248,22 @@ def train_models(
 
     bar = tqdm.tqdm(total=n_steps, initial=start, desc=desc, unit="step", disable=not progress,
                     dynamic_ncols=True, mininterval=1.0)
-    new_chunks = 0
     for t0 in range(start, n_steps, chunk_steps):
         state, chunk_logs = chunk(state, hparams, jnp.int32(t0))
         chunk_logs = {k: np.asarray(v)[:n_models] for k, v in chunk_logs.items()}
         logs = chunk_logs if logs is None else {k: np.concatenate([logs[k], chunk_logs[k]], axis=1) for k in logs}
         t = t0 + chunk_steps
         save_snapshot(state, t)
-        if (t // chunk_steps) % resume_every == 0 or t == n_steps:
+        if (t // chunk_steps) % schedule.resume_every == 0 or t == n_steps:
             host_state = {k: np.asarray(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
             flat = {**{f"state.{k}": v for k, v in host_state.items()}, **{f"logs.{k}": v for k, v in logs.items()}}
             checkpoint.save(directory, t, flat, {**meta, "step": t, "n_models": n_models,
-                                                 **checkpoint.describe(flat)}, max_to_keep=keep_last)
+                                                 **checkpoint.describe(flat)}, max_to_keep=schedule.keep_last)
         bar.update(chunk_steps)
         if "loss" in chunk_logs:
             bar.set_postfix(loss=f"{float(np.mean(chunk_logs['loss'][:, -1])):.3g}")
-        new_chunks += 1
-        if stop_after_chunks is not None and new_chunks >= stop_after_chunks and t < n_steps:
-            import os
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)  # a hard kill, as a crash or Ctrl-\ would be
+        for callback in _ON_CHUNK.get():
+            callback(t)
     bar.close()
     final = {k: np.asarray(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
     return final, logs if logs is not None else {}

@@ -58,7 +58,7 @@ def sum_directions(p: int, ks) -> np.ndarray:
     """Unit vectors ``[2 len(ks), p*p]`` of cos(w_k (a+b)) and sin(w_k (a+b)) over the flattened grid.
 
     They are orthonormal, so projecting onto them is ``D^T (D x)``: the paper's
-    P_K (§2.4 of the reference), built from the exact 1-D products so no cross-frequency
+    P_K (Nanda et al. 2023, §5.1), built from the exact 1-D products so no cross-frequency
     term sneaks in.
     """
     a, b = np.divmod(np.arange(p * p), p)
@@ -71,12 +71,12 @@ def sum_directions(p: int, ks) -> np.ndarray:
 
 
 def restricted_logits(logits: np.ndarray, D: np.ndarray) -> np.ndarray:
-    """Keep only the cos/sin(w_k(a+b)) components and the constant: ``[..., p*p, p]`` (§5.1)."""
+    """Keep only the cos/sin(w_k(a+b)) components and the constant: ``[..., p*p, p]`` (Nanda et al. 2023, §5.1)."""
     return D.T @ (D @ logits) + logits.mean(-2, keepdims=True)
 
 
 def excluded_logits(logits: np.ndarray, D: np.ndarray) -> np.ndarray:
-    """Remove the cos/sin(w_k(a+b)) components, keep everything else (§5.1)."""
+    """Remove the cos/sin(w_k(a+b)) components, keep everything else (Nanda et al. 2023, §5.1)."""
     return logits - D.T @ (D @ logits)
 
 

@@ -61,7 +61,7 @@ def adjacent_angles(W: np.ndarray, threshold: float = REPRESENTED) -> np.ndarray
 
 
 def phase_theory(r: np.ndarray, density: np.ndarray) -> np.ndarray:
-    """Optimal phase of the n=2, m=1 model from the closed-form losses (Wattenberg; reference §2.3).
+    """Optimal phase of the n=2, m=1 model from the closed-form losses (Elhage et al. 2022, Superposition as a Phase Change).
 
     r is the extra feature's importance relative to the first, density is 1 - S.
     Returns 0: extra feature not represented, 1: dedicated dimension (the other is
