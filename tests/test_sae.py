@@ -1,0 +1,190 @@
+"""SAEs: each architecture's loss by hand, the decoder constraint, JumpReLU's threshold, AuxK, the metrics."""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from toylab import sae as S
+from toylab import train as core
+
+
+def tiny(arch: str, **kw) -> S.SAE:
+    """d_in 2, d_sae 3, hand-set weights: W_enc = [[1, 0, 1], [0, 1, 1]], W_dec rows e0, e1, (e0+e1)/sqrt2."""
+    cfg = S.SAEConfig(d_in=2, d_sae=3, architecture=arch, k=2, jumprelu_bandwidth=0.1, **kw)
+    r = 1 / np.sqrt(2)
+    return S.SAE(jnp.array([[1.0, 0, 1], [0, 1, 1]]), jnp.array([0.0, -0.5, -1.0]),
+                 jnp.array([[1.0, 0], [0, 1], [r, r]]), jnp.array([0.1, 0.0]), jnp.array([0.2, 0.2, 0.2]), cfg)
+
+
+X = jnp.array([[1.0, 0.0], [0.5, 2.0]])
+
+
+def by_hand(arch: str, coef: float) -> float:
+    """The same losses written out with numpy, one example at a time."""
+    m = tiny(arch)
+    W_enc, b_enc, W_dec, b_dec = (np.asarray(a) for a in (m.W_enc, m.b_enc, m.W_dec, m.b_dec))
+    total, fs = [], []
+    for x in np.asarray(X):
+        z = ((x - b_dec) if m.cfg.apply_b_dec_to_input else x) @ W_enc + b_enc
+        if arch == "jumprelu":
+            f = z * (z > 0.2)
+        elif arch == "topk":
+            f = np.where(z >= np.sort(z)[-int(coef)], np.maximum(z, 0), 0)
+        else:
+            f = np.maximum(z, 0)
+        fs.append(f)
+        err = np.sum((x - (f @ W_dec + b_dec)) ** 2)
+        sparsity = {"standard": coef * f.sum(), "april": coef * (f * np.linalg.norm(W_dec, axis=1)).sum(),
+                    "jumprelu": coef * (z > 0.2).sum(), "topk": 0.0}[arch]
+        total.append((err, sparsity))
+    err, sp = np.array(total).T
+    if arch == "topk":
+        var = np.mean(np.sum((np.asarray(X) - np.asarray(X).mean(0)) ** 2, -1))
+        return err.mean() / var
+    return err.mean() + sp.mean()
+
+
+@pytest.mark.parametrize("arch, coef", [("standard", 0.3), ("april", 0.3), ("jumprelu", 0.5), ("topk", 2)])
+def test_each_architecture_loss_equals_the_hand_computed_value(arch, coef):
+    got, parts = S.loss(tiny(arch), X, jnp.asarray(coef))
+    np.testing.assert_allclose(got, by_hand(arch, coef), rtol=1e-5)
+    assert by_hand(arch, coef) != by_hand(arch, coef * 2 if arch != "topk" else 1)  # the coefficient matters
+
+
+def test_batch_topk_keeps_b_times_k_over_the_batch():
+    m = tiny("batchtopk")
+    z = S.pre_acts(m, X)
+    _, parts = S.loss(m, X, jnp.asarray(1))
+    f = np.asarray(parts["f"])
+    assert (f > 0).sum() == 2  # B k = 2 x 1 over the whole batch, not 1 per example
+    assert np.all(f[f > 0] >= np.sort(np.maximum(np.asarray(z), 0).ravel())[-2])
+
+
+def synthetic(key, hp, batch, n=8, d=6):
+    """8 random unit directions in 6 dims, each on with probability 0.25, U[0, 1] magnitudes."""
+    G = jax.random.normal(jax.random.key(123), (n, d))
+    G = G / jnp.linalg.norm(G, axis=-1, keepdims=True)
+    k1, k2 = jax.random.split(key)
+    c = jax.random.uniform(k1, (batch, n)) * (jax.random.uniform(k2, (batch, n)) < 0.25)
+    return c @ G
+
+
+def train_steps(cfg, n_steps=300, coef=0.1, key=0, **kw):
+    init, step = S.make_train(cfg, synthetic, n_steps=n_steps, batch_size=64, **kw)
+    hp = {"coefficient": jnp.asarray(coef, jnp.float32), "scale": jnp.float32(1.0)}
+    state = init(jax.random.key(key), hp)
+    run = jax.jit(lambda s: jax.lax.scan(lambda s, t: step(s, hp, t), s, jnp.arange(n_steps)))
+    return run(state)
+
+
+def test_unit_norm_decoder_rows_stay_unit():
+    state, _ = train_steps(S.SAEConfig(d_in=6, d_sae=12, architecture="standard"), n_steps=50)
+    np.testing.assert_allclose(np.linalg.norm(state["sae"].W_dec, axis=-1), 1.0, atol=1e-5)
+    # the April recipe has no constraint: its rows leave their initial norm of 0.1
+    state, _ = train_steps(S.SAEConfig(d_in=6, d_sae=12, architecture="april"), n_steps=50)
+    assert np.abs(np.linalg.norm(state["sae"].W_dec, axis=-1) - 0.1).max() > 0.01
+
+
+def test_jumprelu_threshold_moves_and_lowers_l0():
+    cfg = S.SAEConfig(d_in=6, d_sae=12, architecture="jumprelu", jumprelu_init_threshold=0.01)
+    state, logs = train_steps(cfg, n_steps=300, coef=0.05)
+    theta = np.asarray(state["sae"].threshold)
+    assert np.abs(theta - 0.01).max() > 0.05  # the threshold really learns (not frozen at its init)
+    _, logs_free = train_steps(cfg, n_steps=300, coef=0.0)
+    assert float(logs["l0"][-20:].mean()) < float(logs_free["l0"][-20:].mean())
+
+
+def test_auxk_revives_a_dead_latent():
+    """A latent too weak to enter any example's top k gets no gradient from TopK's loss; AuxK gives it one,
+    and training with AuxK makes it fire again."""
+    cfg = S.SAEConfig(d_in=6, d_sae=12, architecture="topk", k=2, dead_window=1)
+    init, step = S.make_train(cfg, synthetic, n_steps=200, batch_size=64)
+    hp = {"coefficient": jnp.asarray(2), "scale": jnp.float32(1.0)}
+    state = init(jax.random.key(0), hp)
+    sae = eqx.tree_at(lambda s: s.W_enc, state["sae"], state["sae"].W_enc.at[:, 0].multiply(0.02))
+    state = {**state, "sae": sae}
+    x = synthetic(jax.random.key(5), hp, 512)
+    x = x[jnp.linalg.norm(x, axis=-1) > 0.5]
+    assert not bool(S.topk_mask(S.pre_acts(sae, x), 2, 2)[:, 0].any())  # never among an example's top 2
+    assert bool((S.pre_acts(sae, x)[:, 0] > 0).any())
+    dead = jnp.zeros(12, bool).at[0].set(True)
+    g_aux = jax.grad(lambda s: S.loss(s, x, 2, dead)[0])(sae)
+    g_plain = jax.grad(lambda s: S.loss(s, x, 2, None)[0])(sae)
+    assert float(jnp.abs(g_aux.W_enc[:, 0]).sum()) > 0 and float(jnp.abs(g_plain.W_enc[:, 0]).sum()) == 0
+    run = jax.jit(lambda s: jax.lax.scan(lambda s, t: step(s, hp, t), s, jnp.arange(200)))
+    state, _ = run(state)
+    assert float((S.encode(state["sae"], x, 2)[:, 0] > 0).mean()) > 0.01  # latent 0 fires again
+
+
+def test_resampling_rewrites_dead_latents_and_resets_their_moments():
+    cfg = S.SAEConfig(d_in=6, d_sae=12, architecture="standard")
+    init, step = S.make_train(cfg, synthetic, n_steps=10, batch_size=64)
+    state = init(jax.random.key(0), {"coefficient": 0.1, "scale": 1.0})
+    x = synthetic(jax.random.key(1), None, 64)
+    which = jnp.zeros(12, bool).at[3].set(True)
+    import optax
+    opt = optax.adam(1e-3)
+    opt_state = opt.init(state["sae"])
+    opt_state = jax.tree.map(lambda a: a + 1.0 if a.dtype == jnp.float32 else a, opt_state)
+    err = jnp.sum(x**2, -1)
+    sae, opt_state, since = S.resample(state["sae"], opt_state, jnp.full(12, 7), x, err, jax.random.key(2),
+                                       which, opt)
+    row = np.asarray(sae.W_dec[3])
+    cands = np.asarray(x - state["sae"].b_dec)
+    cands = cands[np.linalg.norm(cands, axis=-1) > 0]
+    cands = cands / np.linalg.norm(cands, axis=-1, keepdims=True)
+    assert np.isclose(np.abs(cands @ row).max(), 1.0, atol=1e-5)  # one of the inputs, unit norm
+    np.testing.assert_array_equal(sae.W_dec[:3], state["sae"].W_dec[:3])  # the others untouched
+    mu = opt_state[0].mu
+    assert float(mu.W_dec[3].sum()) == 0 and float(mu.W_dec[2].sum()) != 0
+    assert since.tolist() == [7] * 3 + [0] + [7] * 8
+
+
+def test_metrics_on_planted_answers():
+    G = np.linalg.qr(np.random.default_rng(0).normal(size=(16, 16)))[0][:10]  # 10 orthonormal truths in 16 dims
+    perfect = jnp.asarray(np.concatenate([G, np.random.default_rng(1).normal(size=(6, 16))]))
+    assert abs(float(S.mmcs(perfect, jnp.asarray(G))) - 1) < 1e-6
+    assert int(S.recovered(perfect, jnp.asarray(G), 0.99)) == 10
+    assert int(S.recovered(-perfect, jnp.asarray(G), 0.9)) < 10  # signed: the opposite direction does not count
+    rand = S.random_mmcs(128, 64, 128)
+    assert 0.28 < rand < 0.36  # the published random baseline for 128 truths in 64 dims is 0.32
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(500, 5)))
+    assert abs(float(S.fvu(x, jnp.broadcast_to(x.mean(0), x.shape))) - 1) < 1e-6  # the mean predictor: FVU 1
+    assert float(S.fvu(x, x)) == 0.0
+    f = jnp.array([[0.0, 1.0, 0.0], [2.0, 0.5, 0.0]])
+    assert float(S.l0(f)) == 1.5 and S.dead_latents(f).tolist() == [False, False, True]
+
+
+def test_vmapped_saes_equal_saes_trained_alone(tmp_path):
+    cfg = S.SAEConfig(d_in=6, d_sae=12, architecture="standard", resample_every=20, dead_window=5)
+    schedule = core.Schedule(n_steps=40, checkpoint_every=20, log_every=10)
+    init, step = S.make_train(cfg, synthetic, n_steps=40, batch_size=32)
+    hp = {"coefficient": jnp.array([0.01, 0.1, 0.3], jnp.float32), "scale": jnp.ones(3, jnp.float32)}
+    keys = core.model_keys(0, 0, 3)
+    common = dict(init=init, step=step, schedule=schedule, meta={"config_hash": "x"}, progress=False,
+                  devices=jax.devices()[:1])
+    grid, _ = core.train_models(directory=tmp_path / "grid", keys=keys, per_model=hp, desc="sae-grid", **common)
+    one, _ = core.train_models(directory=tmp_path / "one", keys=keys[1:2], desc="sae-one",
+                               per_model=jax.tree.map(lambda a: a[1:2], hp), **common)
+    for k in one:
+        np.testing.assert_allclose(one[k][0], grid[k][1], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert not np.allclose(grid["sae.W_dec"][0], grid["sae.W_dec"][2], atol=1e-3)
+
+
+def test_fold_scaling_keeps_the_function():
+    m = tiny("standard")
+    x = X * 3.0
+    folded = S.fold_activation_norm_scaling_factor(m, 3.0)  # trained on 3x, now reads x itself
+    np.testing.assert_allclose(S.forward(folded, X), S.forward(m, x) / 3.0, rtol=1e-6)
+
+
+def test_bad_architecture_is_a_one_line_error():
+    from toylab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="architecture"):
+        S.SAEConfig(d_in=2, d_sae=3, architecture="gatedd")
+    assert dataclasses.fields(S.SAEConfig)

@@ -1,0 +1,410 @@
+"""Sparse autoencoders as Equinox modules, with SAELens names, five architectures, and metrics.
+
+Row-vector convention, as SAELens and TransformerLens: pre-activations
+z = (x - b_dec) W_enc + b_enc (or x W_enc + b_enc without ``apply_b_dec_to_input``),
+latents f = sparsify(z), reconstruction x_hat = f W_dec + b_dec, so **row i of W_dec
+is latent i's direction**. Shapes: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``,
+``W_dec [d_sae, d_in]``, ``b_dec [d_in]``, ``threshold [d_sae]``.
+
+Architectures (``SAEConfig.architecture``), each with its paper's loss and dead-latent remedy;
+the reconstruction term is the squared error summed over ``d_in``, mean over the batch
+(SAELens' convention, so an ``l1_coefficient`` means what it means there):
+
+- ``standard``: Towards Monosemanticity (Bricken et al. 2023): f = ReLU(z), loss
+  ||x - x_hat||^2 + lambda ||f||_1, decoder rows kept at unit norm (the radial part of
+  their gradient removed before the step, rows renormalised after it), dead latents
+  resampled from badly reconstructed inputs, their Adam moments reset.
+- ``april``: Anthropic's April-2024 update (and Templeton et al. 2024): no pre-encoder
+  bias, L1 weighted by decoder-row norms, lambda Sum_i f_i ||W_dec,i||, no norm
+  constraint, no resampling; decoder rows start at norm 0.1, W_enc = W_dec^T at init.
+- ``topk``: Gao et al. 2024: keep the k largest z per example (then ReLU); loss is the
+  MSE normalised by the batch's variance plus alpha AuxK (alpha = 1/32): the k_aux
+  largest pre-activations of dead latents reconstruct the detached residual.
+- ``batchtopk``: Bussmann et al. 2024: the B k largest ReLU(z) over a batch of B; AuxK as
+  TopK; at inference a single threshold (an EMA of the smallest kept activation).
+- ``jumprelu``: Rajamanoharan et al. 2024: f = z H(z - theta), loss ||x - x_hat||^2 +
+  lambda Sum_i H(z_i - theta_i) (an L0 penalty); theta learns through straight-through
+  pseudo-derivatives with a rectangle kernel of width ``jumprelu_bandwidth``, stored as
+  theta itself (a log-parameterised threshold froze under Adam: SAELens issue #718).
+
+The sparsity coefficient (lambda, or k for the TopK family) is per model: it enters the
+compiled program as an array, so a grid of coefficients x seeds is one vmapped program.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ARCHITECTURES = ("standard", "april", "topk", "batchtopk", "jumprelu")
+UNIT_NORM = ("standard", "topk", "batchtopk", "jumprelu")  # decoder rows held at unit norm
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SAEConfig:
+    d_in: int  # width of the activations the SAE reads
+    d_sae: int  # number of latents (the dictionary size)
+    architecture: str = "standard"  # one of ARCHITECTURES
+    apply_b_dec_to_input: bool = True  # subtract b_dec before encoding (SAELens default; april: False)
+    k: int = 8  # TopK / BatchTopK: the largest k a model of the grid may use (a model's own k is per-model)
+    aux_k: int = 0  # AuxK: dead latents that reconstruct the residual (0: d_in // 2, Gao et al.'s heuristic)
+    aux_coefficient: float = 1 / 32  # AuxK's weight (Gao et al.)
+    dead_window: int = 1000  # steps without firing after which a latent counts as dead (SAELens' window)
+    resample_every: int = 2500  # standard: resample dead latents every this many steps (ARENA's toy schedule)
+    resample_until: float = 0.8  # standard: no resampling in the last 20% of training, so it can settle
+    jumprelu_bandwidth: float = 0.05  # JumpReLU: width of the rectangle kernel of the pseudo-derivative
+    jumprelu_init_threshold: float = 0.01  # JumpReLU: initial theta (SAELens default)
+    decoder_init_norm: float = 0.1  # april: initial norm of the decoder rows (SAELens default)
+    l1_warm_up_steps: int = 0  # the sparsity coefficient rises linearly from 0 over these steps
+    normalize_activations: str = "none"  # "none" or "expected_average_only_in" (scale so E||x|| = sqrt(d_in))
+
+    def __post_init__(self) -> None:
+        from toylab.config import require
+
+        require(self.architecture in ARCHITECTURES, "architecture", f"one of {', '.join(ARCHITECTURES)}",
+                self.architecture)
+        for f in ("d_in", "d_sae", "k", "dead_window", "resample_every"):
+            require(getattr(self, f) > 0, f, "a positive integer", getattr(self, f))
+        require(self.aux_k >= 0, "aux_k", ">= 0", self.aux_k)
+        require(self.jumprelu_bandwidth > 0, "jumprelu_bandwidth", "positive", self.jumprelu_bandwidth)
+        require(self.normalize_activations in ("none", "expected_average_only_in"), "normalize_activations",
+                "none or expected_average_only_in", self.normalize_activations)
+
+    @property
+    def n_aux(self) -> int:
+        return min(self.aux_k or max(self.d_in // 2, 1), self.d_sae)
+
+
+class SAE(eqx.Module):
+    """A sparse autoencoder (SAELens names and shapes)."""
+
+    W_enc: jax.Array  # [d_in, d_sae]
+    b_enc: jax.Array  # [d_sae]
+    W_dec: jax.Array  # [d_sae, d_in]: row i is latent i's direction
+    b_dec: jax.Array  # [d_in]
+    threshold: jax.Array  # [d_sae]: JumpReLU's theta, BatchTopK's inference threshold (else unused, 0)
+    cfg: SAEConfig = eqx.field(static=True)
+
+
+def init(key: jax.Array, cfg: SAEConfig) -> SAE:
+    """Tied init (W_enc = W_dec^T), zero biases; decoder rows unit norm, or 0.1 for ``april``."""
+    d = jax.random.normal(key, (cfg.d_sae, cfg.d_in))
+    norm = cfg.decoder_init_norm if cfg.architecture == "april" else 1.0
+    W_dec = norm * d / jnp.linalg.norm(d, axis=-1, keepdims=True)
+    theta = jnp.full(cfg.d_sae, cfg.jumprelu_init_threshold if cfg.architecture == "jumprelu" else 0.0)
+    return SAE(W_dec.T, jnp.zeros(cfg.d_sae), W_dec, jnp.zeros(cfg.d_in), theta, cfg)
+
+
+# ---------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------
+
+
+def pre_acts(sae: SAE, x: jax.Array) -> jax.Array:
+    """z (``hook_sae_acts_pre``): ``[..., d_in] -> [..., d_sae]``."""
+    x_in = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
+    return x_in @ sae.W_enc + sae.b_enc
+
+
+def topk_mask(z: jax.Array, k: jax.Array, k_max: int) -> jax.Array:
+    """Where z is among its row's k largest (k may be traced, at most the static ``k_max``)."""
+    vals = jax.lax.top_k(z, k_max)[0]
+    kth = jnp.take_along_axis(vals, jnp.broadcast_to(jnp.clip(k - 1, 0, k_max - 1).astype(jnp.int32),
+                                                     vals.shape[:-1])[..., None], axis=-1)
+    return z >= kth
+
+
+def batch_topk_mask(z: jax.Array, k: jax.Array, k_max: int) -> tuple[jax.Array, jax.Array]:
+    """Where ReLU(z) is among the B k largest of the whole batch ``[B, d_sae]``; and the smallest kept value."""
+    flat = jax.nn.relu(z).ravel()
+    B = z.shape[0]
+    vals = jax.lax.top_k(flat, B * k_max)[0]
+    kth = vals[jnp.clip(B * k - 1, 0, B * k_max - 1).astype(jnp.int32)]
+    return (z >= kth) & (z > 0), kth
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _jump(z: jax.Array, theta: jax.Array, eps: float) -> jax.Array:
+    return z * (z > theta)
+
+
+def _jump_fwd(z, theta, eps):
+    return _jump(z, theta, eps), (z, theta)
+
+
+def _rect(u: jax.Array) -> jax.Array:
+    return (jnp.abs(u) < 0.5).astype(u.dtype)
+
+
+def _jump_bwd(eps, res, g):
+    z, theta = res
+    d_theta = -(theta / eps) * _rect((z - theta) / eps) * g  # Rajamanoharan et al. 2024, eq. 11
+    return g * (z > theta), d_theta.reshape(-1, theta.shape[-1]).sum(0)
+
+
+_jump.defvjp(_jump_fwd, _jump_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _step(z: jax.Array, theta: jax.Array, eps: float) -> jax.Array:
+    return (z > theta).astype(z.dtype)
+
+
+def _step_fwd(z, theta, eps):
+    return _step(z, theta, eps), (z, theta)
+
+
+def _step_bwd(eps, res, g):
+    z, theta = res
+    d_theta = -(1.0 / eps) * _rect((z - theta) / eps) * g  # the L0 term's pseudo-derivative; none to z
+    return jnp.zeros_like(z), d_theta.reshape(-1, theta.shape[-1]).sum(0)
+
+
+_step.defvjp(_step_fwd, _step_bwd)
+
+
+def encode(sae: SAE, x: jax.Array, k: jax.Array | None = None) -> jax.Array:
+    """Latents f (``hook_sae_acts_post``) at inference: ``[..., d_in] -> [..., d_sae]``.
+
+    TopK keeps each example's k largest; BatchTopK and JumpReLU use their thresholds.
+    """
+    z = pre_acts(sae, x)
+    arch = sae.cfg.architecture
+    if arch in ("standard", "april"):
+        return jax.nn.relu(z)
+    if arch == "topk":
+        return jnp.where(topk_mask(z, sae.cfg.k if k is None else k, sae.cfg.k), jax.nn.relu(z), 0.0)
+    return jnp.where(z > sae.threshold, z, 0.0)  # jumprelu, batchtopk
+
+
+def decode(sae: SAE, f: jax.Array) -> jax.Array:
+    """x_hat (``hook_sae_recons``): ``[..., d_sae] -> [..., d_in]``."""
+    return f @ sae.W_dec + sae.b_dec
+
+
+def forward(sae: SAE, x: jax.Array, k: jax.Array | None = None) -> jax.Array:
+    return decode(sae, encode(sae, x, k))
+
+
+# ---------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------
+
+
+def loss(sae: SAE, x: jax.Array, coefficient: jax.Array, dead: jax.Array | None = None
+         ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The architecture's training loss on a batch ``x [B, d_in]`` and its parts.
+
+    ``coefficient``: lambda (standard, april, jumprelu) or k (topk, batchtopk).
+    ``dead``: ``[d_sae]`` bool, the latents AuxK may use (TopK family; None: none).
+    Returns (loss, aux) where aux holds ``mse_loss``, ``sparsity_loss``, ``aux_loss``,
+    the latents ``f`` ``[B, d_sae]`` and ``kth`` (BatchTopK's smallest kept value).
+    """
+    cfg = sae.cfg
+    arch = cfg.architecture
+    z = pre_acts(sae, x)
+    kth = jnp.float32(0.0)
+    if arch == "jumprelu":
+        f = _jump(z, sae.threshold, cfg.jumprelu_bandwidth)
+    elif arch == "topk":
+        f = jnp.where(topk_mask(z, coefficient, cfg.k), jax.nn.relu(z), 0.0)
+    elif arch == "batchtopk":
+        mask, kth = batch_topk_mask(z, coefficient, cfg.k)
+        f = jnp.where(mask, z, 0.0)
+    else:
+        f = jax.nn.relu(z)
+    x_hat = decode(sae, f)
+    sq = jnp.sum((x - x_hat) ** 2, axis=-1)  # per example, summed over d_in
+    aux_loss = jnp.float32(0.0)
+    if arch in ("topk", "batchtopk"):
+        norm = jnp.mean(jnp.sum((x - x.mean(0)) ** 2, -1))  # Gao et al.: MSE over the data's variance
+        mse = sq.mean() / norm
+        if dead is not None:
+            z_dead = jnp.where(dead, z, -jnp.inf)
+            aux_mask = topk_mask(z_dead, jnp.int32(cfg.n_aux), cfg.n_aux) & dead
+            e = jax.lax.stop_gradient(x - x_hat)
+            e_hat = jnp.where(aux_mask, jax.nn.relu(z), 0.0) @ sae.W_dec  # no bias (Gao et al. App. A.2)
+            aux_loss = jnp.where(dead.any(), jnp.mean(jnp.sum((e - e_hat) ** 2, -1)) / norm, 0.0)
+        sparsity = jnp.float32(0.0)
+        total = mse + cfg.aux_coefficient * aux_loss
+    else:
+        mse = sq.mean()
+        if arch == "jumprelu":
+            sparsity = coefficient * _step(z, sae.threshold, cfg.jumprelu_bandwidth).sum(-1).mean()
+        elif arch == "april":
+            sparsity = coefficient * (f * jnp.linalg.norm(sae.W_dec, axis=-1)).sum(-1).mean()
+        else:
+            sparsity = coefficient * f.sum(-1).mean()
+        total = mse + sparsity
+    return total, {"mse_loss": mse, "sparsity_loss": sparsity, "aux_loss": aux_loss, "f": f, "kth": kth}
+
+
+# ---------------------------------------------------------------------------
+# Training step (for toylab.train.train_models)
+# ---------------------------------------------------------------------------
+
+
+def _unit_rows(W: jax.Array) -> jax.Array:
+    return W / jnp.maximum(jnp.linalg.norm(W, axis=-1, keepdims=True), 1e-8)
+
+
+def _project_out_radial(grad_W: jax.Array, W: jax.Array) -> jax.Array:
+    """Remove from each decoder row's gradient its component along the row (unit-norm rows)."""
+    u = _unit_rows(W)
+    return grad_W - jnp.sum(grad_W * u, -1, keepdims=True) * u
+
+
+def make_train(cfg: SAEConfig, sample: Callable[[jax.Array, Any, int], jax.Array], *, n_steps: int,
+               batch_size: int, lr: float = 1e-3, grad_clip: float | None = None
+               ) -> tuple[Callable, Callable]:
+    """Pure ``init(key, hp)`` and ``step(state, hp, t)`` of one SAE, for ``train_models``.
+
+    ``sample(key, hp, batch) -> [batch, d_in]``: the activations of step t are drawn
+    from (the model's data key, t) alone, so a resumed run is bitwise the same. ``hp``
+    holds ``coefficient`` (lambda or k), ``scale`` (the activation normalisation, 1.0
+    for none) and whatever ``sample`` reads. Adam (0.9, 0.999), no weight decay.
+    """
+    chain = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
+    opt = optax.chain(*chain, optax.adam(lr, b1=0.9, b2=0.999))
+    resample_stop = int(cfg.resample_until * n_steps)
+
+    def init_state(key: jax.Array, hp: Any) -> dict:
+        sae = init(jax.random.fold_in(key, 0), cfg)
+        return {"sae": sae, "opt_state": opt.init(sae), "key": jax.random.key_data(jax.random.fold_in(key, 1)),
+                "since_fired": jnp.zeros(cfg.d_sae, jnp.int32)}
+
+    def step(state: dict, hp: Any, t: jax.Array) -> tuple[dict, dict]:
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), t)
+        x = sample(jax.random.fold_in(key, 0), hp, batch_size) * hp["scale"]
+        sae = state["sae"]
+        dead = state["since_fired"] >= cfg.dead_window
+        warm = jnp.minimum(1.0, (t + 1) / cfg.l1_warm_up_steps) if cfg.l1_warm_up_steps else 1.0
+        coef = hp["coefficient"] if cfg.architecture in ("topk", "batchtopk") else hp["coefficient"] * warm
+        (total, aux), grads = jax.value_and_grad(loss, has_aux=True)(sae, x, coef, dead)
+        if cfg.architecture in UNIT_NORM:
+            grads = eqx.tree_at(lambda s: s.W_dec, grads, _project_out_radial(grads.W_dec, sae.W_dec))
+        updates, opt_state = opt.update(grads, state["opt_state"], sae)
+        sae = eqx.apply_updates(sae, updates)
+        if cfg.architecture in UNIT_NORM:
+            sae = eqx.tree_at(lambda s: s.W_dec, sae, _unit_rows(sae.W_dec))
+        if cfg.architecture == "jumprelu":
+            sae = eqx.tree_at(lambda s: s.threshold, sae, jnp.maximum(sae.threshold, 1e-6))
+        if cfg.architecture == "batchtopk":  # inference threshold: EMA (rate 0.01, SAELens) of the smallest kept
+            theta = jnp.where(t == 0, aux["kth"], 0.99 * sae.threshold + 0.01 * aux["kth"])
+            sae = eqx.tree_at(lambda s: s.threshold, sae, theta)
+        fired = (aux["f"] > 0).any(0)
+        since = jnp.where(fired, 0, state["since_fired"] + 1)
+        if cfg.architecture == "standard":
+            do = (t > 0) & (t % cfg.resample_every == 0) & (t < resample_stop)
+            err = jnp.sum((x - decode(sae, encode(sae, x))) ** 2, -1)
+            sae, opt_state, since = resample(sae, opt_state, since, x, err, jax.random.fold_in(key, 1),
+                                             do & dead, opt)
+        new = {"sae": sae, "opt_state": opt_state, "key": state["key"], "since_fired": since}
+        return new, {"loss": total, "mse_loss": aux["mse_loss"], "l0": (aux["f"] > 0).sum(-1).mean(),
+                     "dead_features": dead.mean()}
+
+    return init_state, step
+
+
+def resample(sae: SAE, opt_state: Any, since: jax.Array, x: jax.Array, err: jax.Array, key: jax.Array,
+             which: jax.Array, opt: optax.GradientTransformation) -> tuple[SAE, Any, jax.Array]:
+    """Towards Monosemanticity's resampling of the latents in ``which`` ``[d_sae]``.
+
+    Each gets an input drawn with probability proportional to its squared
+    reconstruction error; its decoder row becomes that input (minus b_dec), unit norm;
+    its encoder column the same direction at 0.2 x the alive latents' mean encoder
+    norm; its b_enc 0; and its Adam moments are reset.
+    """
+    idx = jax.random.choice(key, x.shape[0], (sae.cfg.d_sae,), p=err**2 / jnp.maximum(jnp.sum(err**2), 1e-30))
+    u = _unit_rows(x[idx] - sae.b_dec)
+    enc_norm = jnp.linalg.norm(sae.W_enc, axis=0)
+    alive = ~which
+    scale = 0.2 * jnp.sum(enc_norm * alive) / jnp.maximum(alive.sum(), 1)
+    col = which[None, :]
+    sae = eqx.tree_at(lambda s: (s.W_dec, s.W_enc, s.b_enc), sae,
+                      (jnp.where(which[:, None], u, sae.W_dec), jnp.where(col, scale * u.T, sae.W_enc),
+                       jnp.where(which, 0.0, sae.b_enc)))
+
+    def reset(moment: Any) -> Any:
+        return eqx.tree_at(lambda s: (s.W_dec, s.W_enc, s.b_enc), moment,
+                           (jnp.where(which[:, None], 0.0, moment.W_dec), jnp.where(col, 0.0, moment.W_enc),
+                            jnp.where(which, 0.0, moment.b_enc)))
+
+    opt_state = optax.tree_utils.tree_map_params(opt, reset, opt_state, is_leaf=lambda v: isinstance(v, SAE),
+                                                 transform_non_params=lambda v: v)
+    return sae, opt_state, jnp.where(which, 0, since)
+
+
+def activation_scale(x: jax.Array, mode: str) -> float:
+    """SAELens' ``normalize_activations``: the scalar that makes E||x|| = sqrt(d_in), or 1 for none."""
+    if mode == "none":
+        return 1.0
+    return float(np.sqrt(x.shape[-1]) / np.mean(np.linalg.norm(np.asarray(x), axis=-1)))
+
+
+def fold_activation_norm_scaling_factor(sae: SAE, scale: float) -> SAE:
+    """An SAE trained on ``scale * x`` as one that reads and writes ``x`` (SAELens' fold)."""
+    return eqx.tree_at(lambda s: (s.W_enc, s.W_dec, s.b_dec, s.threshold), sae,
+                       (sae.W_enc * scale, sae.W_dec / scale, sae.b_dec / scale, sae.threshold))
+
+
+# ---------------------------------------------------------------------------
+# Metrics (exact definitions: SAELens and the papers)
+# ---------------------------------------------------------------------------
+
+
+def l0(f: jax.Array) -> jax.Array:
+    """Mean number of active latents per example."""
+    return jnp.mean(jnp.sum(f > 0, -1))
+
+
+def fvu(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+    """Fraction of variance unexplained, at dataset level: Sum ||x - x_hat||^2 / Sum ||x - mean(x)||^2."""
+    return jnp.sum((x - x_hat) ** 2) / jnp.sum((x - x.mean(0)) ** 2)
+
+
+def dead_latents(f: jax.Array) -> jax.Array:
+    """Latents that never fire on the given sample ``[N, d_sae]`` (state the window: N examples)."""
+    return ~(f > 0).any(0)
+
+
+def cosines(W_dec: jax.Array, truth: jax.Array) -> jax.Array:
+    """cos(g_i, u_j): ``[n_true, d_sae]`` between true directions ``[n, d]`` and decoder rows."""
+    return _unit_rows(truth) @ _unit_rows(W_dec).T
+
+
+def mmcs(W_dec: jax.Array, truth: jax.Array) -> jax.Array:
+    """Mean over true features of the best signed cosine to any decoder row (Sharkey et al. 2022)."""
+    return cosines(W_dec, truth).max(-1).mean()
+
+
+def recovered(W_dec: jax.Array, truth: jax.Array, tau: float) -> jax.Array:
+    """How many true features have a decoder row at cosine > tau."""
+    return jnp.sum(cosines(W_dec, truth).max(-1) > tau)
+
+
+def evaluate(sae: SAE, x: jax.Array, truth: jax.Array | None = None, k: jax.Array | None = None
+             ) -> dict[str, jax.Array]:
+    """L0, FVU, dead latents (never firing on ``x``), and recovery of ``truth`` ``[n, d_in]`` if given."""
+    f = encode(sae, x, k)
+    out = {"l0": l0(f), "fvu": fvu(x, decode(sae, f)), "dead": dead_latents(f).sum()}
+    if truth is not None:
+        out |= {"mmcs": mmcs(sae.W_dec, truth), "recovered_90": recovered(sae.W_dec, truth, 0.9),
+                "recovered_99": recovered(sae.W_dec, truth, 0.99)}
+    return out
+
+
+def random_mmcs(n_true: int, d: int, d_sae: int, draws: int = 20, seed: int = 0) -> float:
+    """MMCS of random unit decoder rows against random unit truths: the baseline MMCS must beat."""
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(draws):
+        g, u = rng.normal(size=(n_true, d)), rng.normal(size=(d_sae, d))
+        vals.append(float(mmcs(jnp.asarray(u), jnp.asarray(g))))
+    return float(np.mean(vals))
