@@ -1,4 +1,4 @@
-# toylab: `make superposition`, `make grokking`, `make induction` and `make test` set
+# toylab: `make superposition`, `make grokking`, `make induction`, `make sae` and `make test` set
 # themselves up on a fresh clone.
 # Everything runs inside .venv, installed from requirements.lock (exact versions).
 
@@ -8,7 +8,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 ARGS   ?=
 
-.PHONY: setup superposition grokking induction test bench smoke clean
+EXPERIMENTS := superposition grokking induction sae
+
+.PHONY: setup $(EXPERIMENTS) test bench smoke clean
 
 setup: $(STAMP)
 
@@ -18,27 +20,18 @@ $(STAMP): requirements.lock pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# The paper preset: trains into runs/superposition/, refreshes figures/superposition/,
-# prints the checks against the paper. Extra flags: make superposition ARGS="--n-steps 5000"
-superposition: $(STAMP)
-	$(PY) -m experiments.superposition all --preset paper --out runs/superposition \
-		--figures figures/superposition $(ARGS)
-
-# The paper preset (40,000 epochs, ~25 min on 2 CPU cores): checkpoints every 100
-# epochs in runs/grokking/, figures refreshed in figures/grokking/, checks printed.
-grokking: $(STAMP)
-	$(PY) -m experiments.grokking all --preset paper --out runs/grokking --figures figures/grokking $(ARGS)
-
-# The paper preset: 2-layer attention-only models (4 seeds) and 1-layer controls, into
-# runs/induction/, figures refreshed in figures/induction/. The bigram-data variant:
+# `make NAME` runs experiment NAME's paper preset: trains into runs/NAME/ (resuming if
+# interrupted), refreshes figures/NAME/, prints the checks against the paper. Extra flags:
+# make grokking ARGS="--n-steps 5000"; another preset into another folder:
 # make induction ARGS="--preset markov --out runs/induction-markov --figures figures/induction-markov"
-induction: $(STAMP)
-	$(PY) -m experiments.induction all --preset paper --out runs/induction --figures figures/induction $(ARGS)
+# Paper-preset wall times on 2 CPU cores: superposition ~3 min, grokking ~25 min,
+# induction ~3.5 min, sae ~6 min.
+$(EXPERIMENTS): %: $(STAMP)
+	$(PY) -m experiments.$* all --preset paper --out runs/$* --figures figures/$* $(ARGS)
 
+# Every experiment's smoke preset, seconds each: every stage runs, nothing matches the paper.
 smoke: $(STAMP)
-	$(PY) -m experiments.superposition all --preset smoke --out runs/smoke/superposition
-	$(PY) -m experiments.grokking all --preset smoke --out runs/smoke/grokking
-	$(PY) -m experiments.induction all --preset smoke --out runs/smoke/induction
+	@for e in $(EXPERIMENTS); do $(PY) -m experiments.$$e all --preset smoke --out runs/smoke/$$e || exit 1; done
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -52,10 +52,9 @@ def test_bad_values_are_one_line_errors_before_any_compute(tmp_path, capsys, arg
     assert not (tmp_path / "r").exists()
 
 
-def test_smoke_end_to_end(tmp_path, capsys):
-    run, figs = tmp_path / "run", tmp_path / "figs"
-    assert exp.main(["all", "--preset", "smoke", "--out", str(run), "--figures", str(figs)]) == 0
-    assert "checks passed" in capsys.readouterr().out
+def test_smoke_end_to_end(smoke_run):
+    run = smoke_run("grokking")
+    figs = Path(f"{run}-figures")
     rep = json.loads((run / "report.json").read_text())
     assert rep["experiment"] == "grokking" and rep["preset"] == "smoke" and rep["n_checks"] == 8
     assert len(rep["figures"]) == len(exp.FIGURES) and all(f["caption"] for f in rep["figures"])

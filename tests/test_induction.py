@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import induction as exp
+from toylab import runs
 from toylab import transformer as tf
 from toylab.analysis import attention
 
@@ -101,14 +102,12 @@ def test_copying_score_signs():
     assert abs(float(attention.copying_scores(m)[0, 1]) + 1) < 1e-6  # anti-copying head scores -1
 
 
-def test_smoke_end_to_end(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert exp.main(["all", "--preset", "smoke", "--out", str(run)]) == 0
-    assert "checks passed" in capsys.readouterr().out
+def test_smoke_end_to_end(smoke_run):
+    run = smoke_run("induction")
     rep = json.loads((run / "report.json").read_text())
     assert rep["experiment"] == "induction" and rep["n_checks"] == 6
     assert len(rep["figures"]) == len(exp.FIGURES) and all(f["caption"] for f in rep["figures"])
-    a = np.load(run / "analysis.npz")
+    a = runs.open(run).analysis()
     cfg = exp.PRESETS["smoke"]
     n_snap = cfg.n_steps // cfg.checkpoint_every + 1
     assert a["2L.induction_score"].shape == (n_snap, cfg.n_seeds, 2, cfg.n_heads)

@@ -1,15 +1,14 @@
 """The smoke preset end to end: train, analyze, plot; report and figures written."""
 
 import json
+from pathlib import Path
 
 from experiments import superposition as exp
 
 
-def test_smoke_end_to_end(tmp_path, capsys):
-    run, figs = tmp_path / "run", tmp_path / "figs"
-    assert exp.main(["all", "--preset", "smoke", "--out", str(run), "--figures", str(figs)]) == 0
-    out = capsys.readouterr().out
-    assert "checks passed" in out
+def test_smoke_end_to_end(smoke_run):
+    run = smoke_run("superposition")
+    figs = Path(f"{run}-figures")
     rep = json.loads((run / "report.json").read_text())
     assert rep["experiment"] == "superposition" and rep["preset"] == "smoke"
     assert rep["config"]["n_steps"] == exp.PRESETS["smoke"].n_steps
@@ -30,7 +29,9 @@ def test_smoke_end_to_end(tmp_path, capsys):
     assert ckpts == {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*") if p.is_file()}
 
 
-def test_strict_fails_on_failed_checks(tmp_path):
+def test_strict_fails_on_failed_checks(smoke_run, capsys):
     # 200 smoke steps cannot reproduce the paper, so --strict must turn that into exit 1
-    run = tmp_path / "run"
-    assert exp.main(["all", "--preset", "smoke", "--out", str(run), "--strict"]) == 1
+    run = smoke_run("superposition")
+    assert exp.main(["analyze", "--out", str(run), "--strict"]) == 1
+    assert "checks passed" in capsys.readouterr().out
+    assert exp.main(["analyze", "--out", str(run)]) == 0

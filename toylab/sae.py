@@ -301,10 +301,15 @@ def make_train(cfg: SAEConfig, sample: Callable[[jax.Array, Any, int], jax.Array
         fired = (aux["f"] > 0).any(0)
         since = jnp.where(fired, 0, state["since_fired"] + 1)
         if cfg.architecture == "standard":
-            do = (t > 0) & (t % cfg.resample_every == 0) & (t < resample_stop)
-            err = jnp.sum((x - decode(sae, encode(sae, x))) ** 2, -1)
-            sae, opt_state, since = resample(sae, opt_state, since, x, err, jax.random.fold_in(key, 1),
-                                             do & dead, opt)
+            def do_resample(args):
+                sae, opt_state, since = args
+                err = jnp.sum((x - decode(sae, encode(sae, x))) ** 2, -1)
+                return resample(sae, opt_state, since, x, err, jax.random.fold_in(key, 1), dead, opt)
+
+            # t is the same for every model of a vmapped grid, so this stays a real branch: the
+            # resampling pass costs nothing on the other steps.
+            now = (t > 0) & (t % cfg.resample_every == 0) & (t < resample_stop)
+            sae, opt_state, since = jax.lax.cond(now, do_resample, lambda args: args, (sae, opt_state, since))
         new = {"sae": sae, "opt_state": opt_state, "key": state["key"], "since_fired": since}
         return new, {"loss": total, "mse_loss": aux["mse_loss"], "l0": (aux["f"] > 0).sum(-1).mean(),
                      "dead_features": dead.mean()}
