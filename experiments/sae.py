@@ -117,7 +117,7 @@ PRESETS: dict[str, Config] = {
     "gpu": Config(n_features=512, d=256, n_steps=20_000, batch_size=256, checkpoint_every=2000, eval_samples=131072,
                   resample_every=2500, dead_window=2500),
     # Seconds: every stage runs, nothing is expected to match.
-    "smoke": Config(n_features=16, d=8, mean_active=2.0, architectures=("standard", "topk", "jumprelu"),
+    "smoke": Config(n_features=16, d=8, mean_active=2.0, architectures=("standard",),
                     l1_coefficients=(0.1, 0.3), l0_coefficients=(0.01, 0.1), ks=(2, 3), widths=(2.0,), n_seeds=2, n_steps=200, batch_size=64, checkpoint_every=100,
                     log_every=20, dead_window=50, resample_every=100, eval_samples=2048, tms_steps=200,
                     tms_batch=256, pentagon_instances=2, pentagon_steps=200, pentagon_resample_every=100,
@@ -222,7 +222,8 @@ def tms_model(cfg: Config, run: Run, name: str) -> tuple[np.ndarray, np.ndarray,
     params = run.final_params(tms.init_params(jax.random.key(0), n, m), name)
     hp = {"density": jnp.float32(density), "importance": jnp.ones(n), "relu": jnp.float32(1.0)}
     losses = [float(tms.expected_loss(jax.tree.map(lambda a: jnp.asarray(a[i]), params), hp,
-                                      jax.random.key(cfg.seed + 99), 2**18)[0]) for i in range(len(params["W"]))]
+                                      jax.random.key(cfg.seed + 99), 8 * cfg.eval_samples, cfg.eval_samples)[0])
+              for i in range(len(params["W"]))]
     best = int(np.argmin(losses))
     return np.asarray(params["W"][best]), np.asarray(params["b_final"][best]), density
 

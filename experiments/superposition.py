@@ -108,8 +108,12 @@ PRESETS: dict[str, Config] = {
 }
 
 # ---------------------------------------------------------------------------
-# Data and model: ``toylab.tms`` (make_batch, init_params, forward, loss_and_grad),
-# shared with any experiment that trains or reads a superposition model.
+# Data: ``toylab.tms.make_batch`` (sparse uniform features), shared with any
+# experiment that trains or reads a superposition model.
+# ---------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------
+# Model: ``toylab.tms`` (init_params, forward, loss_and_grad, expected_loss).
 # ---------------------------------------------------------------------------
 
 

@@ -73,6 +73,7 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path, capsys, s
     code, err = run_main(["analyze", "--preset", "smoke", "--out", str(run)], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "run the train stage first" in err
     shutil.copytree(smoke_run("superposition"), run)
+    capsys.readouterr()  # the shared smoke run may have been made just now: drop its progress output
     step_dir = runs.Run(run).checkpoints("basic") / str(exp.PRESETS["smoke"].n_steps)
     for f in (step_dir / "state").rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
