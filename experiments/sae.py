@@ -296,12 +296,8 @@ def train(cfg: Config, run: Run, *, progress: bool = True) -> dict[str, float]:
 
 def load_saes(run: Run, name: str, sae_cfg: S.SAEConfig) -> S.SAE:
     """A group's final SAEs, stacked ``[models, ...]``, read through the run."""
-    like = S.init(jax.random.key(0), sae_cfg)
-    state, _ = run.final(name)
-    from toylab import checkpoint
-
-    return checkpoint.unflatten(like, {k[len("sae."):]: jnp.asarray(v) for k, v in state.items()
-                                       if k.startswith("sae.")})
+    saes = run.final_params(S.init(jax.random.key(0), sae_cfg), name, key="sae")
+    return jax.tree.map(jnp.asarray, saes)
 
 
 def evaluate_group(saes: S.SAE, x: jax.Array, truth: jax.Array | None, coefs: np.ndarray, topk: bool

@@ -114,10 +114,11 @@ class Run:
     def logs(self, group: str = "") -> dict[str, np.ndarray]:
         return self.final(group)[1]
 
-    def final_params(self, like: Any, group: str = "") -> Any:
-        """The final parameters shaped like ``like`` (a model or dict of one model), leaves ``[models, ...]``."""
+    def final_params(self, like: Any, group: str = "", key: str = "params") -> Any:
+        """The final ``state[key]`` (the parameters by default) shaped like ``like``, leaves ``[models, ...]``."""
         state, _ = self.final(group)
-        return checkpoint.unflatten(like, {k[len("params."):]: v for k, v in state.items() if k.startswith("params.")})
+        p = key + "."
+        return checkpoint.unflatten(like, {k[len(p):]: v for k, v in state.items() if k.startswith(p)})
 
     def snapshots(self, like: Any, group: str = "") -> tuple[np.ndarray, Any]:
         """Steps ``[T]`` of every parameter snapshot and the parameters, each leaf ``[T, models, ...]``."""
