@@ -10,8 +10,9 @@ A toy lab is the one place where an SAE's answer is known. Three sources of acti
 2. superposition models (Elhage et al. 2022) trained here with ``toylab.tms``: the 5-to-2
    pentagon (ARENA's SAE exercise setting) and a 100-to-20 model, the SAE reading
    h = W x and the truth being the represented columns W_i;
-3. a negative control (Anders et al. 2024): features that always co-occur across two
-   sets, where SAEs are known to learn the compositions instead.
+3. a negative control (Anders et al. 2024): a ReLU-output model with 2 hidden dimensions
+   trained on features that always co-occur across two sets (one of each on), where SAEs
+   on its hidden space are known to learn the compositions instead.
 
 And the SAE used as a tool: ablating one latent of the pentagon SAE (keeping its error
 term) moves only the matching feature's output.
@@ -78,9 +79,9 @@ class Config:
     big_n: int = 100  # features of the larger superposition model
     big_m: int = 20  # its hidden dimensions
     big_density: float = 0.03  # its 1-S
-    big_l1: tuple[float, ...] = (0.03, 0.1, 0.3)  # lambdas of its SAEs (width 2 x big_n)
-    composed_sets: int = 4  # negative control: features per set; one of each of the two sets is always on
-    composed_l1: float = 0.3  # lambda of the control's SAEs (width composed_sets**2, the number of compositions)
+    big_l1: tuple[float, ...] = (0.1, 0.3, 1.0)  # lambdas of its SAEs (width 2 x big_n), up to L0 near the true 3
+    composed_sets: int = 2  # negative control: features per set, two sets, one of each always on (Anders et al.)
+    composed_l1: tuple[float, ...] = (0.03, 0.1, 0.3)  # lambdas of the control's SAEs (width composed_sets**2)
     seed: int = 0  # root seed; model keys are (seed, group, k)
 
     def __post_init__(self) -> None:
@@ -93,7 +94,7 @@ class Config:
         require(0 < self.decay <= 1, "decay", "in (0, 1]", self.decay)
         require(len(self.architectures) > 0 and all(a in S.ARCHITECTURES for a in self.architectures),
                 "architectures", f"a non-empty list from {', '.join(S.ARCHITECTURES)}", self.architectures)
-        for f in ("l1_coefficients", "l0_coefficients", "big_l1"):
+        for f in ("l1_coefficients", "l0_coefficients", "big_l1", "composed_l1"):
             require(len(getattr(self, f)) > 0 and all(c >= 0 for c in getattr(self, f)), f,
                     "a non-empty list of coefficients >= 0", getattr(self, f))
         require(len(self.ks) > 0 and all(0 < k <= self.n_features * min(self.widths) for k in self.ks), "ks",
@@ -121,10 +122,11 @@ PRESETS: dict[str, Config] = {
                     l1_coefficients=(0.1, 0.3), l0_coefficients=(0.01, 0.1), ks=(2, 3), widths=(2.0,), n_seeds=2, n_steps=200, batch_size=64, checkpoint_every=100,
                     log_every=20, dead_window=50, resample_every=100, eval_samples=2048, tms_steps=200,
                     tms_batch=256, pentagon_instances=2, pentagon_steps=200, pentagon_resample_every=100,
-                    big_n=10, big_m=4, big_l1=(0.1,), composed_sets=2),
+                    big_n=10, big_m=4, big_l1=(0.1,), composed_l1=(0.1,)),
 }
 
 GROUP_IDS = {"tms": 0, "pentagon": 1, "big": 2, "composed": 3}  # key groups; synthetic groups follow
+DATA_IDS = {"synthetic": 1000, "pentagon": 1001, "big": 1002, "composed": 1003}  # data streams, one per source
 
 
 # ---------------------------------------------------------------------------
@@ -147,18 +149,14 @@ def sparse_codes(key: jax.Array, p: jax.Array, batch: int) -> jax.Array:
     return jnp.where(u < p, u / p, 0.0)
 
 
-def composed_truth(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Two sets of ``composed_sets`` orthonormal features; every sample has one of each (Anders et al. 2024).
-
-    Returns the true features ``[2s, d]`` and the compositions ``[s^2, d]`` (their normalised sums).
-    """
-    s = cfg.composed_sets
-    G = np.eye(2 * s, dtype=np.float32)
-    comp = np.stack([G[a] + G[s + b] for a in range(s) for b in range(s)]) / np.sqrt(2)
-    return G, comp.astype(np.float32)
+def compositions(W: np.ndarray, s: int) -> np.ndarray:
+    """The s^2 composed directions ``[s^2, m]`` of a model whose rows ``W[:s]``, ``W[s:]`` are the two sets."""
+    comp = np.stack([W[a] + W[s + b] for a in range(s) for b in range(s)])
+    return (comp / np.linalg.norm(comp, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def sample_composed(key: jax.Array, hp: dict, batch: int, s: int) -> jax.Array:
+    """``[batch, 2s]``: one feature of set A (0..s-1) and one of set B (s..2s-1) on, each U[0, 1] (Anders et al. 2024)."""
     ka, kb, km = jax.random.split(key, 3)
     a = jax.random.randint(ka, (batch,), 0, s)
     b = jax.random.randint(kb, (batch,), 0, s)
@@ -197,41 +195,66 @@ def synthetic_groups(cfg: Config) -> list[tuple[str, str, int]]:
 def _grid(coefs: tuple, n_seeds: int) -> dict[str, jnp.ndarray]:
     """Per-model hyperparameters, coefficient-major, seed-minor."""
     c = np.repeat(np.asarray(coefs, np.float32), n_seeds)
-    return {"coefficient": jnp.asarray(c), "scale": jnp.ones_like(jnp.asarray(c))}
+    return {"coefficient": jnp.asarray(c)}
+
+
+def tms_sources(cfg: Config) -> dict[str, tuple[int, int, float, int, int]]:
+    """Superposition models the SAEs read: name -> (n features, m hidden, 1-S, fits, key offset)."""
+    return {"tms.pentagon": (5, 2, cfg.pentagon_density, 4, 0), "tms.big": (cfg.big_n, cfg.big_m, cfg.big_density, 2, 1),
+            "tms.composed": (2 * cfg.composed_sets, 2, 1.0, 2, 2)}
+
+
+def tms_sampler(cfg: Config, name: str):
+    """The composed model trains on composed data; the others on the paper's independent sparse features."""
+    s = cfg.composed_sets
+    return (lambda key, hp, batch: sample_composed(key, hp, batch, s)) if name == "tms.composed" else None
 
 
 def train_tms(cfg: Config, run: Run, progress: bool) -> None:
-    """The superposition models the SAEs read: the 5-to-2 pentagon (4 fits) and the 100-to-20 model (2 fits)."""
-    for name, (n, m, density), seeds in (("tms.pentagon", (5, 2, cfg.pentagon_density), 4),
-                                         ("tms.big", (cfg.big_n, cfg.big_m, cfg.big_density), 2)):
-        init, step = tms.make_train(n_features=n, n_hidden=m, batch_size=cfg.tms_batch, lr=1e-3, weight_decay=1e-2)
-        hp = {"density": jnp.full(seeds, density, jnp.float32), "importance": jnp.ones((seeds, n), jnp.float32),
-              "relu": jnp.ones(seeds, jnp.float32)}
+    """The superposition models: the 5-to-2 pentagon, the 100-to-20 model, the composed 2s-to-2 model."""
+    for name, (n, m, density, fits, offset) in tms_sources(cfg).items():
+        init, step = tms.make_train(n_features=n, n_hidden=m, batch_size=cfg.tms_batch, lr=1e-3, weight_decay=1e-2,
+                                    sample=tms_sampler(cfg, name))
+        hp = {"density": jnp.full(fits, density, jnp.float32), "importance": jnp.ones((fits, n), jnp.float32),
+              "relu": jnp.ones(fits, jnp.float32)}
         train_models(directory=run.checkpoints(name), init=init, step=step,
-                     keys=model_keys(cfg.seed, GROUP_IDS["tms"], seeds) if name == "tms.pentagon"
-                     else model_keys(cfg.seed + 1, GROUP_IDS["tms"], seeds), per_model=hp,
+                     keys=model_keys(cfg.seed + offset, GROUP_IDS["tms"], fits), per_model=hp,
                      schedule=Schedule(cfg.tms_steps, cfg.checkpoint_every, cfg.log_every),
                      meta={"config_hash": config.config_hash(cfg), "group": name}, progress=progress,
-                     desc=f"sae/{name} ({seeds} models {n}->{m})")
+                     desc=f"sae/{name} ({fits} models {n}->{m})")
 
 
 def tms_model(cfg: Config, run: Run, name: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """The lowest-loss fit's W ``[n, m]`` and b of a superposition group, and its density, read through the run."""
-    n, m = (5, 2) if name == "tms.pentagon" else (cfg.big_n, cfg.big_m)
-    density = cfg.pentagon_density if name == "tms.pentagon" else cfg.big_density
+    """The lowest-loss fit's W ``[n, m]`` and b of a superposition group, and its density, read through the run.
+
+    The loss is ``tms.expected_loss`` on the paper's data (common random numbers across the fits), or
+    the mean loss on ``8 x eval_samples`` fresh samples of the composed data.
+    """
+    n, m, density, _, _ = tms_sources(cfg)[name]
     params = run.final_params(tms.init_params(jax.random.key(0), n, m), name)
     hp = {"density": jnp.float32(density), "importance": jnp.ones(n), "relu": jnp.float32(1.0)}
-    losses = [float(tms.expected_loss(jax.tree.map(lambda a: jnp.asarray(a[i]), params), hp,
-                                      jax.random.key(cfg.seed + 99), 8 * cfg.eval_samples, cfg.eval_samples)[0])
-              for i in range(len(params["W"]))]
+    key = jax.random.key(cfg.seed + 99)
+    sample = tms_sampler(cfg, name)
+    fits = [jax.tree.map(lambda a: jnp.asarray(a[i]), params) for i in range(len(params["W"]))]
+    if sample is None:
+        losses = [float(tms.expected_loss(p, hp, key, 8 * cfg.eval_samples, cfg.eval_samples)[0]) for p in fits]
+    else:
+        x = sample(key, hp, 8 * cfg.eval_samples)
+        losses = [float(tms.loss_fn(p, x, hp)) for p in fits]
     best = int(np.argmin(losses))
     return np.asarray(params["W"][best]), np.asarray(params["b_final"][best]), density
 
 
 def train_saes(cfg: Config, run: Run, name: str, sae_cfg: S.SAEConfig, sample, per_model: dict, n_steps: int,
                group_id: int, progress: bool, snapshots: bool = False) -> None:
+    """One grid of SAEs, one compiled program. Every SAE reading one source of activations reads the same
+    stream (the key of its source, not its own): the grid's seeds differ in initialisation and resampling,
+    and the batch is drawn once per step for the whole grid."""
     n_models = len(per_model["coefficient"])
-    init, step = S.make_train(sae_cfg, sample, n_steps=n_steps, batch_size=cfg.batch_size, lr=cfg.lr)
+    source = name.split(".")[0]
+    data_key = jax.random.fold_in(jax.random.key(cfg.seed), DATA_IDS[source])
+    init, step = S.make_train(sae_cfg, sample, n_steps=n_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                              data_key=data_key)
     train_models(directory=run.checkpoints(name), init=init, step=step, keys=model_keys(cfg.seed, group_id, n_models),
                  per_model=per_model, schedule=Schedule(n_steps, cfg.checkpoint_every, cfg.log_every, keep_last=2),
                  meta={"config_hash": config.config_hash(cfg), "group": name}, progress=progress,
@@ -282,9 +305,14 @@ def train(cfg: Config, run: Run, *, progress: bool = True) -> dict[str, float]:
 
     t = time.perf_counter()
     s = cfg.composed_sets
-    train_saes(cfg, run, "composed", sae_config(cfg, "standard", 2 * s, s * s),
-               lambda key, hp, batch: sample_composed(key, hp, batch, s), _grid((cfg.composed_l1,), cfg.n_seeds),
-               cfg.n_steps, GROUP_IDS["composed"], progress)
+    Wc, _, _ = tms_model(cfg, run, "tms.composed")
+    Wc_j = jnp.asarray(Wc)
+
+    def composed(key, hp, batch):
+        return tms.hidden({"W": Wc_j}, sample_composed(key, hp, batch, s))
+
+    train_saes(cfg, run, "composed", sae_config(cfg, "standard", 2, s * s), composed,
+               _grid(cfg.composed_l1, cfg.n_seeds), cfg.n_steps, GROUP_IDS["composed"], progress)
     times["train.composed"] = time.perf_counter() - t
     return times
 
@@ -363,14 +391,18 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
         out[f"big.{k_}"] = v.reshape(-1, 2)
     out["big.random_mmcs"] = np.array(S.random_mmcs(int(rep.sum()), cfg.big_m, 2 * cfg.big_n))
 
-    # The composed-features control: how close each true feature and each composition comes to a latent.
-    Gc, comp = composed_truth(cfg)
-    xc = sample_composed(jax.random.key(cfg.seed + 8000), None, cfg.eval_samples, cfg.composed_sets)
-    saes = load_saes(run, "composed", sae_config(cfg, "standard", 2 * cfg.composed_sets, cfg.composed_sets ** 2))
-    m = evaluate_group(saes, xc, jnp.asarray(Gc), np.zeros(cfg.n_seeds), False)
+    # The composed-features control: how close each true feature W_i and each composition comes to a latent.
+    Wc, _, _ = tms_model(cfg, run, "tms.composed")
+    comp = compositions(Wc, cfg.composed_sets)
+    out["composed.W"], out["composed.compositions"] = Wc, comp
+    xc = tms.hidden({"W": jnp.asarray(Wc)}, sample_composed(jax.random.key(cfg.seed + 8000), None, cfg.eval_samples,
+                                                              cfg.composed_sets))
+    saes = load_saes(run, "composed", sae_config(cfg, "standard", 2, cfg.composed_sets ** 2))
+    m = evaluate_group(saes, xc, jnp.asarray(Wc), np.repeat(cfg.composed_l1, cfg.n_seeds), False)
     for k_, v in m.items():
-        out[f"composed.{k_}"] = v
-    out["composed.true_cos"] = np.asarray(jax.vmap(lambda W: S.cosines(W, jnp.asarray(Gc)).max(-1))(saes.W_dec))
+        out[f"composed.{k_}"] = v.reshape(-1, cfg.n_seeds)
+    out["composed.W_dec"] = np.asarray(saes.W_dec)
+    out["composed.true_cos"] = np.asarray(jax.vmap(lambda W: S.cosines(W, jnp.asarray(Wc)).max(-1))(saes.W_dec))
     out["composed.comp_cos"] = np.asarray(jax.vmap(lambda W: S.cosines(W, jnp.asarray(comp)).max(-1))(saes.W_dec))
     return out
 
@@ -393,8 +425,15 @@ def steering_effects(sae: S.SAE, W: np.ndarray, b: np.ndarray, x: jax.Array) -> 
         return jnp.sum(delta * active, 0) / jnp.maximum(active.sum(0), 1)
 
     effect = jax.vmap(ablate)(jnp.arange(sae.cfg.d_sae))
-    match = np.argmax(np.asarray(S.cosines(jnp.asarray(W), sae.W_dec)), axis=0)  # latent j -> its feature
+    match = np.argmax(np.asarray(S.cosines(sae.W_dec, jnp.asarray(W))), axis=0)  # [features, latents]: latent -> feature
     return np.asarray(effect), match
+
+
+def best_coefficient(a: dict[str, np.ndarray], group: str) -> int:
+    """The best-recovering coefficient of a group: most features recovered at cos > 0.9, ties (recovery
+    saturates at n) broken by the higher MMCS; both means over seeds."""
+    rec, mm = a[f"{group}.recovered_90"].mean(1), a[f"{group}.mmcs"].mean(1)
+    return int(np.lexsort((mm, rec))[-1])
 
 
 def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
@@ -404,7 +443,7 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
     w2 = f"synthetic.standard.w{2.0:g}"
     if "standard" in cfg.architectures and 2.0 in cfg.widths:
         rec = a[f"{w2}.recovered_90"].mean(1)  # [coefficients], mean over seeds
-        best = int(np.argmax(rec))
+        best = best_coefficient(a, w2)
         lam = cfg.l1_coefficients[best]
         checks.append(report.Check(
             f"synthetic {n} features in {cfg.d} dims, standard SAE of width 2n: features recovered at cos > 0.9 "
@@ -455,10 +494,11 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
         ">= random baseline + 0.3 (recovery well above chance)", bool(mm.mean(1).max() >= a["big.random_mmcs"] + 0.3)))
     rc = a["composed.recovered_90"]
     checks.append(report.Check(
-        f"negative control, composed features (2 sets of {cfg.composed_sets}, one of each always on): true "
-        "features recovered at cos > 0.9 per seed", rc.tolist(),
-        f"fewer than half of the {2 * cfg.composed_sets} in every seed (Anders et al. 2024: SAEs learn the "
-        "compositions)", bool(np.all(rc < cfg.composed_sets))))
+        f"negative control, composed features ({2 * cfg.composed_sets}-to-2 model trained on 2 sets of "
+        f"{cfg.composed_sets}, one of each always on): true directions recovered at cos > 0.9 per SAE, rows lambda "
+        f"{list(cfg.composed_l1)}", rc.tolist(),
+        f"fewer than half of the {2 * cfg.composed_sets} in every SAE (Anders et al. 2024: SAEs learn the "
+        "compositions, for every L1 coefficient they tried)", bool(np.all(rc < cfg.composed_sets))))
     return checks
 
 
@@ -549,7 +589,7 @@ def fig_training(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
         if f"{nm}.history" not in a:
             continue
         hist = a[f"{nm}.history"][..., 1]  # [T, coef, seed]
-        best = int(np.argmax(hist[-1].mean(-1)))
+        best = best_coefficient(a, nm)
         y = hist[:, best] / cfg.n_features
         ax.plot(a[f"{nm}.steps"], y.mean(-1), color=f"C{i}", label=f"{arch} ({_coef_name(arch)} "
                 f"{coefficients(cfg, arch)[best]:g})")
@@ -625,27 +665,45 @@ def fig_control(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
 
     from toylab.plotting import savefig
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    tc, cc = a["composed.true_cos"], a["composed.comp_cos"]
-    x = np.arange(tc.shape[1])
-    for s in range(tc.shape[0]):
-        axes[0].scatter(x - 0.1, tc[s], color="C0", s=12, label="true features" if s == 0 else None)
-    cx = np.arange(cc.shape[1])
-    for s in range(cc.shape[0]):
-        axes[0].scatter(cx + 0.1, cc[s], color="C3", s=12, marker="x", label="compositions" if s == 0 else None)
-    axes[0].axhline(0.9, color="grey", ls="--", lw=0.8)
-    axes[0].set_xlabel("feature index (true: 0..2s-1; compositions: 0..s^2-1)")
-    axes[0].set_ylabel("best cosine to any decoder row")
-    axes[0].set_title("Composed features: the SAE learns compositions, not the true features")
-    axes[0].legend(fontsize=8)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3), gridspec_kw={"width_ratios": [1, 1.4, 1.3]})
+    ax = axes[0]
+    W, comp = a["composed.W"], a["composed.compositions"]
+    li = len(cfg.composed_l1) // 2  # the middle lambda, first seed
+    for j, w in enumerate(W):
+        u = w / max(np.linalg.norm(w), 1e-9)
+        ax.plot([0, u[0]], [0, u[1]], color="k", lw=2.5, alpha=0.35, label="true direction W_i" if j == 0 else None)
+    for j, c in enumerate(comp):
+        ax.plot([0, c[0]], [0, c[1]], color="C3", lw=1, ls=":", label="composition W_a + W_b" if j == 0 else None)
+    for j, d in enumerate(a["composed.W_dec"][li * cfg.n_seeds]):
+        ax.plot([0, d[0]], [0, d[1]], color="C0", lw=1.2, ls="--", label="decoder row" if j == 0 else None)
+    ax.set_xlim(-1.15, 1.15)
+    ax.set_ylim(-1.15, 1.15)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"composed model's hidden space, SAE at lambda {cfg.composed_l1[li]:g}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    tc, cc = a["composed.true_cos"], a["composed.comp_cos"]  # [SAEs, true], [SAEs, compositions]
+    n_sae = tc.shape[0]
+    axes[1].scatter(np.repeat(np.arange(n_sae), tc.shape[1]) - 0.12, tc.ravel(), color="k", s=12,
+                    label="true directions")
+    axes[1].scatter(np.repeat(np.arange(n_sae), cc.shape[1]) + 0.12, cc.ravel(), color="C3", s=14, marker="x",
+                    label="compositions")
+    axes[1].axhline(0.9, color="grey", ls="--", lw=0.8)
+    axes[1].set_xticks(np.arange(n_sae), [f"{c:g}/{s}" for c in cfg.composed_l1 for s in range(cfg.n_seeds)],
+                       fontsize=7)
+    axes[1].set_xlabel("SAE (lambda / seed)")
+    axes[1].set_ylabel("best cosine to any decoder row")
+    axes[1].set_title("Which directions the control's SAEs learn (dashed: cos 0.9)", fontsize=9)
+    axes[1].legend(fontsize=8)
     eff = a["pentagon.steer_effect"]
-    im = axes[1].imshow(eff, cmap="magma")
+    im = axes[2].imshow(eff, cmap="magma")
     for j, i in enumerate(a["pentagon.steer_match"]):
-        axes[1].add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, ec="c", lw=1.5))
-    axes[1].set_xlabel("output feature x'_i")
-    axes[1].set_ylabel("ablated latent")
-    axes[1].set_title("Pentagon SAE: ablating one latent moves one feature (box: its match)")
-    fig.colorbar(im, ax=axes[1], label="mean |change in x'_i| where feature i is on")
+        axes[2].add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, ec="c", lw=1.5))
+    axes[2].set_xlabel("output feature x'_i")
+    axes[2].set_ylabel("ablated latent")
+    axes[2].set_title("Pentagon SAE: ablate one latent (box: its matching feature)", fontsize=9)
+    fig.colorbar(im, ax=axes[2], label="mean |change in x'_i| where feature i is on")
     return savefig(fig, path)
 
 
@@ -665,11 +723,14 @@ FIGURES = [
      "recovered at cosine > 0.99. Top: with Towards Monosemanticity's resampling; bottom: the same seeds without."),
     ("jumprelu", fig_jumprelu, "JumpReLU's L0 falls as its L0 coefficient rises: its thresholds really learn "
      "(a frozen threshold would give a flat line). Grey: the true L0."),
-    ("control", fig_control, "Left: the negative control. Every input is one feature of set A plus one of set B; "
-     "blue dots: each true feature's best cosine to a decoder row; red crosses: each composition's. The SAE "
-     "learns the compositions, and a recovery claim on such data would be false. Right: the pentagon SAE as a "
-     "tool; ablating one latent (keeping the error term) changes mostly the output of its matching feature "
-     "(boxed)."),
+    ("control", fig_control, "Left and middle: the negative control (Anders et al. 2024). A ReLU-output model with "
+     "2 hidden dimensions is trained on inputs that are always one feature of set A plus one of set B; SAEs read "
+     "its hidden space. Grey: the model's feature directions W_i; red dotted: the compositions W_a + W_b; blue "
+     "dashed: an SAE's decoder rows. Middle: for every SAE, each true direction's and each composition's best "
+     "cosine to a decoder row. Where the crosses sit above the line and the dots below it, the SAE has learnt "
+     "compositions, and a recovery claim on such data would be false. Right: the pentagon SAE as a tool; "
+     "ablating one latent (keeping the error term) should change the output of its matching feature (boxed) "
+     "and leave the others."),
 ]
 
 

@@ -261,14 +261,18 @@ def _project_out_radial(grad_W: jax.Array, W: jax.Array) -> jax.Array:
 
 
 def make_train(cfg: SAEConfig, sample: Callable[[jax.Array, Any, int], jax.Array], *, n_steps: int,
-               batch_size: int, lr: float = 1e-3, grad_clip: float | None = None
-               ) -> tuple[Callable, Callable]:
+               batch_size: int, lr: float = 1e-3, grad_clip: float | None = None,
+               data_key: jax.Array | None = None) -> tuple[Callable, Callable]:
     """Pure ``init(key, hp)`` and ``step(state, hp, t)`` of one SAE, for ``train_models``.
 
     ``sample(key, hp, batch) -> [batch, d_in]``: the activations of step t are drawn
-    from (the model's data key, t) alone, so a resumed run is bitwise the same. ``hp``
-    holds ``coefficient`` (lambda or k), ``scale`` (the activation normalisation, 1.0
-    for none) and whatever ``sample`` reads. Adam (0.9, 0.999), no weight decay.
+    from (a data key, t) alone, so a resumed run is bitwise the same. The data key is
+    ``data_key`` when given: every SAE of a vmapped grid then reads the same batch at
+    step t, drawn once per step rather than once per SAE (and the encoder's matmul
+    becomes one wide matmul over the grid); seeds then differ in their initialisation
+    and resampling only. Without it, each SAE draws from its own key. ``hp``
+    holds ``coefficient`` (lambda or k), optionally ``scale`` (the activation
+    normalisation; absent for none) and whatever ``sample`` reads. Adam (0.9, 0.999), no weight decay.
     """
     chain = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
     opt = optax.chain(*chain, optax.adam(lr, b1=0.9, b2=0.999))
@@ -281,7 +285,10 @@ def make_train(cfg: SAEConfig, sample: Callable[[jax.Array, Any, int], jax.Array
 
     def step(state: dict, hp: Any, t: jax.Array) -> tuple[dict, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), t)
-        x = sample(jax.random.fold_in(key, 0), hp, batch_size) * hp["scale"]
+        x_key = jax.random.fold_in(key, 0) if data_key is None else jax.random.fold_in(data_key, t)
+        x = sample(x_key, hp, batch_size)
+        if "scale" in hp:  # absent when 1: a shared batch then stays one array, not one per SAE
+            x = x * hp["scale"]
         sae = state["sae"]
         dead = state["since_fired"] >= cfg.dead_window
         warm = jnp.minimum(1.0, (t + 1) / cfg.l1_warm_up_steps) if cfg.l1_warm_up_steps else 1.0

@@ -129,11 +129,13 @@ def expected_loss(params: Params, hp: dict[str, jax.Array], key: jax.Array, n_sa
 # ---------------------------------------------------------------------------
 
 
-def make_train(*, n_features: int, n_hidden: int, batch_size: int, lr: float, weight_decay: float
-               ) -> tuple[Callable, Callable]:
+def make_train(*, n_features: int, n_hidden: int, batch_size: int, lr: float, weight_decay: float,
+               sample: Callable[[jax.Array, dict, int], jax.Array] | None = None) -> tuple[Callable, Callable]:
     """Pure ``init(key, hp)`` and ``step(state, hp, t)`` of one model, for ``toylab.train.train_models``.
 
     AdamW (torch's betas and eps); the batch of step t depends on (the model's key, t) alone.
+    ``sample(key, hp, batch) -> [batch, n_features]`` replaces the paper's independent
+    sparse features (``make_batch`` at ``hp["density"]``) with another distribution.
     """
     opt = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
 
@@ -143,7 +145,8 @@ def make_train(*, n_features: int, n_hidden: int, batch_size: int, lr: float, we
 
     def step(state: dict, hp: dict[str, jax.Array], t: jax.Array) -> tuple[dict, dict]:
         data_key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), t)  # depends on t alone
-        xt = make_batch(data_key, hp["density"], n_features, batch_size, features_first=True)
+        xt = (make_batch(data_key, hp["density"], n_features, batch_size, features_first=True) if sample is None
+              else sample(data_key, hp, batch_size).T)
         loss, grads = loss_and_grad(state["params"], xt, hp)
         updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
