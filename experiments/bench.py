@@ -2,7 +2,7 @@
 
     python -m experiments.bench [--steps 200]
 
-For each configuration (superposition, grokking, induction) it times the experiment's real compiled chunk (the same
+For each configuration (superposition, grokking, induction, sae) it times the experiment's real compiled chunk (the same
 program ``train`` runs, sharded the same way) after a warm-up, and prints seconds
 per 10,000 steps beside a roofline: the matmul FLOPs the step needs divided by the
 float32 matmul rate measured here, in this run. It also times the data generator
@@ -191,13 +191,49 @@ def bench_induction(rate: float, steps: int) -> list[dict]:
     return rows
 
 
+def sae_flops(batch: int, d_in: int, d_sae: int) -> float:
+    """Matmul FLOPs of one SAE step: encoder and decoder forward, and backward the decoder's two and the
+    encoder's weight gradient (the input needs none)."""
+    return 5 * 2 * batch * d_in * d_sae
+
+
+def bench_sae(rate: float, steps: int) -> list[dict]:
+    """The paper preset's synthetic grid at d_sae = 2n, one compiled chunk per architecture, as ``train`` runs it
+    (every coefficient x seed in one vmapped program, sharded over the devices, one shared batch per step)."""
+    from experiments import sae as exp
+    from toylab import sae as S
+
+    cfg = exp.PRESETS["paper"]
+    G, p = exp.synthetic_truth(cfg)
+    G, p = jnp.asarray(G), jnp.asarray(p)
+    d_sae = 2 * cfg.n_features
+    rows = []
+    for arch in cfg.architectures:
+        hp = exp._grid(exp.coefficients(cfg, arch), cfg.n_seeds)
+        n = len(hp["coefficient"])
+        init, step = S.make_train(exp.sae_config(cfg, arch, cfg.d, d_sae),
+                                  lambda key, hp, batch: exp.sparse_codes(key, p, batch) @ G, n_steps=cfg.n_steps,
+                                  batch_size=cfg.batch_size, lr=cfg.lr, data_key=jax.random.key(0))
+        sharding = model_sharding(jax.devices()[:n])
+        pad = -(-n // len(sharding.mesh.devices.ravel())) * len(sharding.mesh.devices.ravel())
+        hp = jax.device_put(jax.tree.map(lambda a: jnp.concatenate([a, a[: pad - n]]), hp), sharding)
+        state = jax.jit(jax.vmap(init), out_shardings=sharding)(jax.random.split(jax.random.key(0), pad), hp)
+        chunk = make_chunk(step, steps, steps, name=f"bench-sae-{arch}", sharding=sharding)
+        t_step = _time_chunk(chunk, state, hp, 0) / steps
+        flops = sae_flops(cfg.batch_size, cfg.d, d_sae) * n
+        rows.append({"config": f"sae {arch} {cfg.n_features} in {cfg.d}, d_sae {d_sae} x {n}",
+                     "ms_per_step": t_step * 1e3, "roofline_ms": flops / rate * 1e3, "n": n,
+                     "grid_min": cfg.n_steps * t_step / 60})
+    return rows
+
+
 def _naive_batch(key: jax.Array, density: jax.Array, n: int, batch: int) -> jax.Array:
     """The notebook's generator in jax.random: two uniform draws per feature."""
     k1, k2 = jax.random.split(key)
     return jnp.where(jax.random.uniform(k1, (batch, n)) <= density, jax.random.uniform(k2, (batch, n)), 0.0)
 
 
-def bench_originals(rows: list[dict], grok: dict) -> None:
+def bench_originals(rows: list[dict], grok: dict, sae: list[dict]) -> None:
     """The PyTorch originals' loops on this machine beside ours (``bench_torch``), if torch is installed."""
     import importlib.util
 
@@ -215,6 +251,11 @@ def bench_originals(rows: list[dict], grok: dict) -> None:
     torch_ms = bench_torch.grokking_step() * 1e3
     print(f"  {grok['config']:42s} paper code {torch_ms:6.1f} ms per epoch, ours {grok['ms_per_step']:5.1f} "
           f"-> {torch_ms / grok['ms_per_step']:.1f}x faster")
+    std = next((r for r in sae if r["config"].startswith("sae standard")), None)
+    if std is not None:
+        torch_ms = bench_torch.sae_step() * 1e3 * std["n"]  # SAELens trains one SAE per run
+        print(f"  {std['config']:42s} SAELens loop {torch_ms:6.1f} ms for {std['n']} SAEs one after another, ours "
+              f"{std['ms_per_step']:5.1f} -> {torch_ms / std['ms_per_step']:.1f}x faster")
 
 
 def main(argv=None) -> int:
@@ -252,7 +293,12 @@ def main(argv=None) -> int:
               f"-> {r['roofline_tokens_per_s'] / r['tokens_per_s']:.1f} x roofline; {r['ms_per_step']:.1f} ms per step, "
               f"the preset's steps in {r['run_min']:.1f} min")
     print()
-    bench_originals(rows, g)
+    sae = bench_sae(rate, min(args.steps, 100))
+    for r in sae:
+        print(f"{r['config']}: {r['ms_per_step']:.1f} ms per step for the grid, roofline {r['roofline_ms']:.1f} ms "
+              f"-> {r['ms_per_step'] / r['roofline_ms']:.1f} x roofline; the preset's steps in {r['grid_min']:.1f} min")
+    print()
+    bench_originals(rows, g, sae)
     return 0
 
 

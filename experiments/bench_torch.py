@@ -13,7 +13,9 @@ rewritten in torch:
   its ``Embed``/``Attention``/``MLP`` einsums, full batch, float64 cross-entropy,
   AdamW with betas (0.9, 0.98), weight decay 1 and the 10-step warm-up, and the test
   loss (which the original computes every epoch; here every ``eval_every`` epochs,
-  as our chunk does, so both time the same work).
+  as our chunk does, so both time the same work);
+- sae: SAELens' standard-SAE training loop (``sae_step``), one SAE per run as SAELens
+  trains them, on the synthetic activations of ``experiments/sae.py``.
 
 Each returns seconds per step: the best of three timed runs after a warm-up, with
 torch's default threads (one per core).
@@ -127,5 +129,45 @@ def grokking_step(p: int = 113, frac_train: float = 0.3, d_model: int = 128, n_h
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+
+    return _best_time(step, steps)
+
+
+def sae_step(n_features: int = 128, d: int = 64, d_sae: int = 256, batch_size: int = 128, mean_active: float = 5.0,
+             decay: float = 0.99, l1_coefficient: float = 0.1, steps: int = 100) -> float:
+    """Seconds per step of one standard SAE, SAELens' training loop written plainly.
+
+    SAELens trains one SAE per run: fresh synthetic activations (Sharkey et al.'s
+    features, as ``experiments/sae.py`` draws them), pre-encoder bias, ReLU, squared
+    error summed over d_in plus lambda L1, the gradient parallel to each decoder row
+    removed, Adam, decoder rows renormalised after the step (SAELens' ``standard``
+    SAE before its April-2024 update).
+    """
+    torch.manual_seed(0)
+    G = torch.randn(n_features, d)
+    G /= G.norm(dim=-1, keepdim=True)
+    w = decay ** torch.arange(n_features, dtype=torch.float32)
+    p = (mean_active * w / w.sum()).clamp(max=1.0)
+    W_dec = torch.randn(d_sae, d)
+    W_dec /= W_dec.norm(dim=-1, keepdim=True)
+    W_dec = nn.Parameter(W_dec)
+    W_enc = nn.Parameter(W_dec.detach().T.clone())
+    b_enc, b_dec = nn.Parameter(torch.zeros(d_sae)), nn.Parameter(torch.zeros(d))
+    opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=1e-3, betas=(0.9, 0.999))
+
+    def step(_: int) -> None:
+        u = torch.rand(batch_size, n_features)
+        x = torch.where(u < p, u / p, torch.zeros(())) @ G
+        f = torch.relu((x - b_dec) @ W_enc + b_enc)
+        x_hat = f @ W_dec + b_dec
+        loss = ((x_hat - x) ** 2).sum(-1).mean() + l1_coefficient * f.sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():  # SAELens' remove_gradient_parallel_to_decoder_directions
+            normed = W_dec / W_dec.norm(dim=-1, keepdim=True)
+            W_dec.grad -= (W_dec.grad * normed).sum(-1, keepdim=True) * normed
+        opt.step()
+        with torch.no_grad():  # set_decoder_norm_to_unit_norm
+            W_dec /= W_dec.norm(dim=-1, keepdim=True)
 
     return _best_time(step, steps)

@@ -553,6 +553,7 @@ def fig_recovery(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
 def fig_frontier(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     """L0 against FVU for every SAE of every width, one panel per architecture, colour = fraction recovered."""
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     from toylab.plotting import savefig
 
@@ -568,6 +569,8 @@ def fig_frontier(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
         ax.axvline(float(a["true_l0"]), color="grey", ls="--", lw=0.8, label="true L0")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # a narrow L0 range would label every minor tick
         ax.set_xlabel("L0 (active latents per input)")
         ax.set_title(arch)
     axes[0, 0].set_ylabel("FVU (fraction of variance unexplained)")
@@ -702,7 +705,7 @@ def fig_control(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
         axes[2].add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, ec="c", lw=1.5))
     axes[2].set_xlabel("output feature x'_i")
     axes[2].set_ylabel("ablated latent")
-    axes[2].set_title("Pentagon SAE: ablate one latent (box: its matching feature)", fontsize=9)
+    axes[2].set_title("Pentagon SAE: one latent ablated per row\n(box: the latent's own feature)", fontsize=9)
     fig.colorbar(im, ax=axes[2], label="mean |change in x'_i| where feature i is on")
     return savefig(fig, path)
 

@@ -159,10 +159,12 @@ def test_metrics_on_planted_answers():
     assert float(S.l0(f)) == 1.5 and S.dead_latents(f).tolist() == [False, False, True]
 
 
-def test_vmapped_saes_equal_saes_trained_alone(tmp_path):
+@pytest.mark.parametrize("shared_data", [False, True])
+def test_vmapped_saes_equal_saes_trained_alone(tmp_path, shared_data):
     cfg = S.SAEConfig(d_in=6, d_sae=12, architecture="standard", resample_every=20, dead_window=5)
     schedule = core.Schedule(n_steps=40, checkpoint_every=20, log_every=10)
-    init, step = S.make_train(cfg, synthetic, n_steps=40, batch_size=32)
+    init, step = S.make_train(cfg, synthetic, n_steps=40, batch_size=32,
+                              data_key=jax.random.key(9) if shared_data else None)
     hp = {"coefficient": jnp.array([0.01, 0.1, 0.3], jnp.float32), "scale": jnp.ones(3, jnp.float32)}
     keys = core.model_keys(0, 0, 3)
     common = dict(init=init, step=step, schedule=schedule, meta={"config_hash": "x"}, progress=False,
