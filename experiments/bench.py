@@ -116,7 +116,7 @@ def decompose_superposition(cfg, n: int, m: int, keys, hp, sharding, per_call, s
 
     out = {}
     init, step = exp.make_train(cfg, n, m)
-    with mock.patch.object(exp, "make_batch", fixed_batch):  # the real step, its batch swapped
+    with mock.patch.object(tms, "make_batch", fixed_batch):  # the real step, its batch swapped
         chunk = make_chunk(step, steps, steps, name="bench-fixed", sharding=sharding, models_per_call=per_call)
         state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys, hp)
         out["fixed_batch_s_per_10k"] = _time_chunk(chunk, state, hp, 0) / steps * 1e4

@@ -168,6 +168,6 @@ def sae_step(n_features: int = 128, d: int = 64, d_sae: int = 256, batch_size: i
             W_dec.grad -= (W_dec.grad * normed).sum(-1, keepdim=True) * normed
         opt.step()
         with torch.no_grad():  # set_decoder_norm_to_unit_norm
-            W_dec /= W_dec.norm(dim=-1, keepdim=True)
+            W_dec.div_(W_dec.norm(dim=-1, keepdim=True))
 
     return _best_time(step, steps)
