@@ -611,12 +611,17 @@ def fig_pentagon(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
 
     from toylab.plotting import savefig
 
-    k = min(cfg.pentagon_instances, 4)
-    fig, axes = plt.subplots(2, k, figsize=(2.6 * k, 5.4), squeeze=False)
+    k = cfg.pentagon_instances  # every SAE, so a failing one is never left out
+    cols = min(k, 4)
+    per = -(-k // cols)  # rows per variant
+    fig, axes = plt.subplots(2 * per, cols, figsize=(2.6 * cols, 2.7 * 2 * per), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
     W = a["pentagon.W"]
     for r, variant in enumerate(("resampled", "plain")):
         for i in range(k):
-            ax = axes[r, i]
+            ax = axes[r * per + i // cols, i % cols]
+            ax.set_axis_on()
             for j, w in enumerate(W):
                 u = w / max(np.linalg.norm(w), 1e-9)
                 ax.plot([0, u[0]], [0, u[1]], color="k", lw=2.5, alpha=0.35,
