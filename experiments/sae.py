@@ -118,11 +118,11 @@ PRESETS: dict[str, Config] = {
     "gpu": Config(n_features=512, d=256, n_steps=20_000, batch_size=256, checkpoint_every=2000, eval_samples=131072,
                   resample_every=2500, dead_window=2500),
     # Seconds: every stage runs, nothing is expected to match.
-    "smoke": Config(n_features=16, d=8, mean_active=2.0, architectures=("standard",),
-                    l1_coefficients=(0.1, 0.3), l0_coefficients=(0.01, 0.1), ks=(2, 3), widths=(2.0,), n_seeds=2, n_steps=200, batch_size=64, checkpoint_every=100,
-                    log_every=20, dead_window=50, resample_every=100, eval_samples=2048, tms_steps=200,
-                    tms_batch=256, pentagon_instances=2, pentagon_steps=200, pentagon_resample_every=100,
-                    big_n=10, big_m=4, big_l1=(0.1,), composed_l1=(0.1,)),
+    "smoke": Config(n_features=16, d=8, mean_active=2.0, architectures=("standard",), l1_coefficients=(0.1, 0.3),
+                    l0_coefficients=(0.01, 0.1), ks=(2, 3), widths=(2.0,), n_seeds=2, n_steps=100, batch_size=64,
+                    checkpoint_every=50, log_every=10, dead_window=25, resample_every=50, eval_samples=2048,
+                    tms_steps=100, tms_batch=256, pentagon_instances=2, pentagon_steps=100,
+                    pentagon_resample_every=50, big_n=10, big_m=4, big_l1=(0.1,), composed_l1=(0.1,)),
 }
 
 GROUP_IDS = {"tms": 0, "pentagon": 1, "big": 2, "composed": 3}  # key groups; synthetic groups follow
