@@ -215,7 +215,7 @@ def bench_sae(rate: float, steps: int) -> list[dict]:
                                   lambda key, hp, batch: exp.sparse_codes(key, p, batch) @ G, n_steps=cfg.n_steps,
                                   batch_size=cfg.batch_size, lr=cfg.lr, data_key=jax.random.key(0))
         sharding = model_sharding(jax.devices()[:n])
-        pad = -(-n // len(sharding.mesh.devices.ravel())) * len(sharding.mesh.devices.ravel())
+        pad = -(-n // sharding.mesh.devices.size) * sharding.mesh.devices.size  # as train_models pads
         hp = jax.device_put(jax.tree.map(lambda a: jnp.concatenate([a, a[: pad - n]]), hp), sharding)
         state = jax.jit(jax.vmap(init), out_shardings=sharding)(jax.random.split(jax.random.key(0), pad), hp)
         chunk = make_chunk(step, steps, steps, name=f"bench-sae-{arch}", sharding=sharding)
