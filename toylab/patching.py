@@ -83,3 +83,106 @@ def patch_grid(model: tf.Transformer, tokens: jax.Array, metric: Callable[[jax.A
 
     out = jax.vmap(one)(l.ravel(), h.ravel(), p.ravel())
     return out.reshape((cfg.n_layers, cfg.n_heads, n_pos) if by_position else (cfg.n_layers, cfg.n_heads))
+
+
+# ---------------------------------------------------------------------------
+# Activation patching of any hook's units, and attribution patching beside it
+# ---------------------------------------------------------------------------
+
+
+def _unit_grid(shape: tuple[int, ...], unit_axes: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    dims = tuple(shape[a] for a in unit_axes)
+    n = 1
+    for d in dims:
+        n *= d
+    return dims, n
+
+
+def _unit_mask(shape: tuple[int, ...], unit_axes: tuple[int, ...], index: jax.Array) -> jax.Array:
+    """Boolean mask, broadcastable to ``shape``, of the unit with flat ``index`` over ``unit_axes``."""
+    dims, _ = _unit_grid(shape, unit_axes)
+    coords = jnp.unravel_index(index, dims)
+    mask = jnp.ones([1] * len(shape), bool)
+    for a, c in zip(unit_axes, coords):
+        s = [1] * len(shape)
+        s[a] = shape[a]
+        mask = mask & (jnp.arange(shape[a]) == c).reshape(s)
+    return mask
+
+
+def patch_units(model: tf.Transformer, corrupt_tokens: jax.Array, clean: Mapping[str, jax.Array],
+                metric: Callable[[jax.Array], jax.Array], name: str, unit_axes: tuple[int, ...],
+                batch_size: int | None = None) -> jax.Array:
+    """Activation patching, exactly: ``metric`` of the corrupted run with one unit of hook ``name`` set
+    to its clean value, minus ``metric`` of the corrupted run; for every unit.
+
+    A unit is one coordinate over ``unit_axes`` of the activation (for ``hook_z``
+    ``[batch, pos, head, d_head]``: ``(2,)`` per head, ``(1, 2)`` per position and head;
+    for ``mlp.hook_post``: ``(2,)`` per neuron), patched in every sequence of the batch
+    at once. Returns ``[*unit dims]``. Units run ``batch_size`` at a time (``lax.map``).
+    """
+    base = metric(tf.forward(model, corrupt_tokens))
+    shape = clean[name].shape
+    dims, n = _unit_grid(shape, unit_axes)
+
+    def one(i):
+        hook = (name, lambda x, _: jnp.where(_unit_mask(shape, unit_axes, i), clean[name], x))
+        return metric(tf.run_with_hooks(model, corrupt_tokens, [hook])) - base
+
+    return jax.lax.map(one, jnp.arange(n), batch_size=batch_size).reshape(dims)
+
+
+def attribution_patch(model: tf.Transformer, clean_tokens: jax.Array, corrupt_tokens: jax.Array,
+                      metric: Callable[[jax.Array], jax.Array], names: list[str]
+                      ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
+    """Attribution patching (Nanda 2023): ``(a_clean - a_corrupt) * dmetric/da`` at the corrupted run,
+    elementwise at every hook of ``names``: the first-order estimate of every activation-patching
+    effect at once, from two forward passes and one backward pass.
+
+    Returns ``(attribution, clean cache, corrupted cache)``; sum an attribution over the
+    axes that are not a unit's (``sum_units``) to compare with ``patch_units``. Exact where the
+    metric is linear in the activation (a logit difference read through linear paths only).
+    """
+    _, clean = tf.run_with_cache(model, clean_tokens, names)
+
+    def corrupted(deltas):
+        hooks = [(n, lambda x, n_: x + deltas[n_]) for n in names]
+        logits, cache = tf.run_with_cache(model, corrupt_tokens, names, fwd_hooks=hooks)
+        return metric(logits), cache
+
+    zeros = {n: jnp.zeros_like(clean[n]) for n in names}
+    (_, corrupt), grads = jax.value_and_grad(corrupted, has_aux=True)(zeros)
+    return {n: (clean[n] - corrupt[n]) * grads[n] for n in names}, clean, corrupt
+
+
+def sum_units(attribution: jax.Array, unit_axes: tuple[int, ...]) -> jax.Array:
+    """An elementwise attribution summed over every axis but ``unit_axes``: one estimate per unit."""
+    return attribution.sum(tuple(a for a in range(attribution.ndim) if a not in unit_axes))
+
+
+def atp_star_qk(q_clean: jax.Array, k_clean: jax.Array, q_corrupt: jax.Array, k_corrupt: jax.Array,
+                pattern_corrupt: jax.Array, grad_pattern: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """AtP* for queries and keys (Kramar et al. 2024): recompute the attention pattern exactly for
+    each patched query or key and take the first-order step from the pattern on.
+
+    Plain attribution patching linearises the softmax, which misses patches that move a
+    saturated pattern. Inputs: one layer's ``hook_q``/``hook_k`` ``[batch, pos, head, d_head]``
+    from both runs, the corrupted ``hook_pattern`` ``[batch, head, q, k]`` and the metric's
+    gradient there. Returns estimates ``[pos, head]`` for patching each query and each key.
+    """
+    scale = q_clean.shape[-1] ** 0.5
+    n = q_clean.shape[1]
+    causal = jnp.arange(n)[:, None] >= jnp.arange(n)[None, :]
+    scores = jnp.einsum("bqhe,bkhe->bhqk", q_corrupt, k_corrupt) / scale
+    # A query patch changes only its own row of scores: all rows at once.
+    s_q = jnp.where(causal, jnp.einsum("bqhe,bkhe->bhqk", q_clean, k_corrupt) / scale, -1e5)
+    d_q = ((jax.nn.softmax(s_q, -1) - pattern_corrupt) * grad_pattern).sum((0, 3)).T  # [pos, head]
+    # A key patch at position j changes column j of every row.
+    new_col = jnp.einsum("bqhe,bkhe->bhqk", q_corrupt, k_clean) / scale  # column j's new scores
+
+    def key_patch(j):
+        s = jnp.where(causal, jnp.where(jnp.arange(n) == j, new_col, scores), -1e5)
+        return ((jax.nn.softmax(s, -1) - pattern_corrupt) * grad_pattern).sum((0, 2, 3))  # [head]
+
+    d_k = jax.lax.map(key_patch, jnp.arange(n))  # [pos, head]
+    return d_q, d_k
