@@ -13,11 +13,19 @@ Recipe (a synthesis of the public CPU-scale reproductions of Olsson et al. 2022,
 1..64 uniform, BOS = 0 first; in every sequence a span of length L ~ U[8, 24] is
 copied from a random start to a random later start; fresh data every step, made
 inside the compiled step. 2 layers, attention only, d_model 64, 2 heads of 16 (the
-public reproductions use 4: see "heads per layer" in the README), Shortformer positions
-(added to queries and keys only), no LayerNorm, no biases,
+public reproductions use 4: see "heads per layer" in the README), rotary positions (Su et
+al. 2021; positions enter queries and keys only, as Olsson's Shortformer-like ones do),
+no LayerNorm, no biases,
 init N(0, (0.8 / sqrt(d_model))^2). AdamW lr 1e-3 after 100 warm-up steps, betas
 (0.9, 0.98), weight decay 0.01, gradient clipping at 1.0. The ``markov`` preset fills
 the non-repeated tokens from a random bigram table instead.
+
+Why rotary, not learned Shortformer positions: a learned position is trained only where
+the data uses it. First copies fall mostly in the first half of the context, so with
+learned positions the previous-token head attended one back over the first half only
+(0.8 there, 0.0 after) and, with both copies at the end, the repeated loss was at chance
+in every seed. Rotary attention depends on the distance between positions alone, so the
+same head attends one back everywhere (0.93 in both halves).
 """
 
 import dataclasses
@@ -29,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toylab import config, experiment, patching, report
+from toylab import config, experiment, lens, patching, probes, report
 from toylab import transformer as tf
 from toylab.analysis.attention import (composition_baseline, composition_scores, copying_scores, induction_score,
                                        prev_token_score)
@@ -193,7 +201,7 @@ def repeated_random(key: jax.Array, cfg: Config, batch: int, length: int) -> tup
 def model_config(cfg: Config, n_layers: int) -> tf.TransformerConfig:
     return tf.TransformerConfig(d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head, d_mlp=0,
                                 d_vocab=cfg.n_tokens + 1, d_vocab_out=cfg.n_tokens + 1, n_ctx=cfg.seq_len,
-                                n_layers=n_layers, attn_only=True, positional_embedding="shortformer",
+                                n_layers=n_layers, attn_only=True, positional_embedding="rotary",
                                 use_attn_bias=False, use_unembed_bias=False)
 
 
@@ -290,7 +298,9 @@ def head_scores(model: tf.Transformer, ev: dict[str, jax.Array], cfg: Config) ->
     rep = ev["train_rep"]
     early, late = slice(0, T // 5), slice(T - 1 - T // 5, T - 1)
     patterns = jnp.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(model.cfg.n_layers)], 1)
-    rrt_logits, rrt_cache = tf.run_with_cache(model, ev["rrt"], lambda n: n.endswith("hook_pattern"))
+    boundaries = lens.lens_boundaries(model.cfg)
+    rrt_logits, rrt_cache = tf.run_with_cache(model, ev["rrt"], lambda n: n.endswith("hook_pattern") or n in boundaries)
+    lensed = lens.logit_lens(model, lens.accumulated_resid(rrt_cache, model.cfg))  # [boundaries, batch, T, vocab]
     rp = jnp.stack([rrt_cache[f"blocks.{l}.attn.hook_pattern"] for l in range(model.cfg.n_layers)], 1)
     prev, induction = prev_token_score(patterns), induction_score(rp, int(ev["rrt_len"]))
     rrt_losses = token_losses(rrt_logits, ev["rrt"])
@@ -301,6 +311,8 @@ def head_scores(model: tf.Transformer, ev: dict[str, jax.Array], cfg: Config) ->
         "icl_score": losses[:, late].mean() - losses[:, early].mean(),
         "rrt_repeated_loss": jnp.sum(rrt_losses * ev["rrt_rep"]) / ev["rrt_rep"].sum(),
         "rrt_loss_by_position": rrt_losses.mean(0),
+        # logit lens: repeated-token loss read at each residual boundary
+        "lens_loss": jax.vmap(lambda lg: jnp.sum(token_losses(lg, ev["rrt"]) * ev["rrt_rep"]) / ev["rrt_rep"].sum())(lensed),
         "prev_token_score": prev,
         "induction_score": induction,
         "copying_score": copying_scores(model),
@@ -337,6 +349,90 @@ def transition(steps: np.ndarray, rep_loss: np.ndarray, start: float, chance: fl
     return out
 
 
+PLACEMENTS = ("start", "middle", "end")  # where both copies of [R][R] sit in the context
+
+
+def placed(key: jax.Array, cfg: Config, batch: int, length: int, where: str) -> tuple[jax.Array, jax.Array]:
+    """Random tokens with R copied right after itself, both copies at the start, middle or end of the context."""
+    frac = PLACEMENTS.index(where) / (len(PLACEMENTS) - 1)
+    src = 1 + int(round(frac * (cfg.seq_len - 1 - 2 * length)))
+    base = jax.random.randint(key, (batch, cfg.seq_len), 1, cfg.n_tokens + 1)
+    ones = jnp.ones(batch, jnp.int32)
+    return copy_span(base, length * ones, src * ones, (src + length) * ones)
+
+
+def resampled_first_copy(key: jax.Array, cfg: Config, tokens: jax.Array, length: int) -> jax.Array:
+    """[BOS] + R + R with the first R replaced by fresh tokens: the corrupted run of attribution patching."""
+    fresh = jax.random.randint(key, tokens.shape, 1, cfg.n_tokens + 1)
+    pos = jnp.arange(tokens.shape[1])
+    return jnp.where((pos >= 1) & (pos <= length), fresh, tokens)
+
+
+def toolbox(cfg: Config, model: tf.Transformer, ev: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Direct logit attribution and attribution patching of one final model on [BOS] + R + R
+    (the logit lens runs on every snapshot, in ``head_scores``)."""
+    rrt, rep, L = ev["rrt"], ev["rrt_rep"], int(ev["rrt_len"])
+    mc = model.cfg
+    out = {}
+    # DLA of each component to the correct next token (minus the mean logit), per position: [components, T-1]
+    _, cache = tf.run_with_cache(model, rrt, lens.resid_hooks(mc))
+    stack = lens.resid_stack(model, cache)[:, :, :-1]
+    out["dla"] = lens.logit_attrs(model, stack, rrt[:, 1:]).mean(1)
+    # Attribution patching against activation patching, per (position, head) of each site. Clean: [BOS] + R + R;
+    # corrupted: its first R resampled; metric: the correct token's logit minus the mean logit on the second copy.
+    corrupt = resampled_first_copy(jax.random.key(cfg.seed + 4000), cfg, rrt, L)
+
+    def metric(lg):
+        d = jnp.take_along_axis(lg[:, :-1], rrt[:, 1:, None], -1)[..., 0] - lg[:, :-1].mean(-1)
+        return jnp.sum(d * rep) / rep.sum()
+
+    sites = [f"blocks.{l}.attn.hook_{n}" for l in range(mc.n_layers) for n in ("z", "q", "k", "v", "pattern")]
+    rot = [f"blocks.{l}.attn.hook_rot_{n}" for l in range(mc.n_layers) for n in "qk"]
+    attr, clean, corr, grads = patching.attribution_patch(model, rrt, corrupt, metric, sites + rot)
+    for site in sites:
+        axes = (2, 1) if site.endswith("pattern") else (1, 2)  # (query position, head) for every site
+        est = patching.sum_units(attr[site], axes)
+        out[f"atp.{site}"] = est.T if site.endswith("pattern") else est
+        out[f"ap.{site}"] = patching.patch_units(model, corrupt, clean, metric, site, axes)
+    # AtP*: queries and keys with the softmax recomputed (Kramar et al. 2024); rotary is linear per
+    # position, so patching hook_q equals patching hook_rot_q
+    for l in range(mc.n_layers):
+        b = f"blocks.{l}.attn"
+        out[f"atp_star.{b}.hook_q"], out[f"atp_star.{b}.hook_k"] = patching.atp_star_qk(
+            clean[f"{b}.hook_rot_q"], clean[f"{b}.hook_rot_k"], corr[f"{b}.hook_rot_q"], corr[f"{b}.hook_rot_k"],
+            corr[f"{b}.hook_pattern"], grads[f"{b}.hook_pattern"])
+    return out
+
+
+PROBE_EVERY = 4  # previous-token probes on every 4th snapshot (and the last): 4 fits per model each
+
+
+def probe_set(cfg: Config) -> dict[str, jax.Array]:
+    """Random sequences for the previous-token probe, and one fixed train/held-out split of their positions."""
+    toks = jax.random.randint(jax.random.key(cfg.seed + 6000), (cfg.eval_batch, cfg.seq_len), 1, cfg.n_tokens + 1)
+    toks = toks.at[:, 0].set(BOS)
+    n = cfg.eval_batch * (cfg.seq_len - 2)  # positions 2.. (position 1's previous token is BOS)
+    train, test = probes.split(jax.random.key(cfg.seed + 6001), n)
+    return {"tokens": toks, "train": train, "test": test}
+
+
+def prev_token_probe(cfg: Config, model: tf.Transformer, ps: dict[str, jax.Array]) -> jax.Array:
+    """Held-out accuracy of a logistic probe for the previous token x_{t-1} at position t:
+    ``[before layer 0, before layer 1, before layer 1 on shuffled labels]`` (chance 1/n_tokens)."""
+    hooks = [f"blocks.{l}.hook_resid_pre" for l in range(min(model.cfg.n_layers, 2))]
+    hooks = (hooks * 2)[:2]  # a 1-layer model has one boundary before its last residual
+    _, cache = tf.run_with_cache(model, ps["tokens"], hooks)
+    labels = (ps["tokens"][:, 1:-1] - 1).reshape(-1)
+    tr, te = ps["train"], ps["test"]
+
+    def acc(x, y):
+        x = x[:, 2:].reshape(-1, x.shape[-1])
+        return probes.accuracy(probes.fit_logistic(x[tr], y[tr], cfg.n_tokens), x[te], y[te])
+
+    shuffled = probes.shuffled(jax.random.key(cfg.seed + 6002), labels)
+    return jnp.stack([acc(cache[hooks[0]], labels), acc(cache[hooks[1]], labels), acc(cache[hooks[1]], shuffled)])
+
+
 def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     """Scores over every snapshot of every model, and the final models' circuits; saved to ``analysis.npz``."""
     ev = eval_sets(cfg)
@@ -355,6 +451,19 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
             out[f"{group}.{k}"] = np.asarray(v)
         final = jax.tree.map(lambda x: x[-1], models)
         rrt, rep = ev["rrt"], ev["rrt_rep"]
+        # the toolbox on the final models: DLA, lens, attribution vs activation patching
+        for k, v in jax.jit(jax.vmap(lambda m: toolbox(cfg, m, ev)))(final).items():
+            out[f"{group}.{k}"] = np.asarray(v)
+        # previous-token probe over training, and on the untrained models
+        ps = probe_set(cfg)
+        idx = sorted(set(range(0, len(steps), PROBE_EVERY)) | {len(steps) - 1})
+        some = jax.tree.map(lambda x: x[np.array(idx)], models)
+        probe = jax.jit(lambda ms: jax.lax.map(jax.vmap(lambda m: prev_token_probe(cfg, m, ps)), ms))
+        out[f"{group}.probe_steps"] = steps[idx]
+        out[f"{group}.probe"] = np.asarray(probe(some))  # [snapshots, seeds, 3]
+        init, _ = make_train(cfg, GROUPS[group])
+        untrained = jax.vmap(lambda k: init(k, None)["params"])(group_keys(cfg, group))
+        out[f"{group}.probe_untrained"] = np.asarray(probe(jax.tree.map(lambda x: x[None], untrained))[0])
 
         def rep_loss(logits):
             losses = token_losses(logits, rrt)
@@ -382,6 +491,11 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
                                                                     cfg.eval_batch, L) for L in fits]
             toks, r = jnp.stack([t for t, _ in sets]), jnp.stack([m for _, m in sets])
             held[:, [EVAL_LENGTHS.index(L) for L in fits]] = np.asarray(rep_losses(final, toks, r))
+        # Both copies of R right after each other at the start, middle and end of the context
+        L = int(ev["rrt_len"])
+        sets = [placed(jax.random.key(cfg.seed + 5000 + i), cfg, cfg.eval_batch, L, w) for i, w in enumerate(PLACEMENTS)]
+        out[f"{group}.placement_loss"] = np.asarray(rep_losses(final, jnp.stack([t for t, _ in sets]),
+                                                               jnp.stack([m for _, m in sets])))  # [seeds, 3]
         _, cache = jax.vmap(lambda m: tf.run_with_cache(m, rrt[:1], lambda n: n.endswith("hook_pattern")))(final)
         out[f"{group}.final_patterns"] = np.stack([np.asarray(cache[f"blocks.{l}.attn.hook_pattern"])[:, 0]
                                                    for l in range(GROUPS[group])], 1)  # [seeds, layers, heads, q, k]
@@ -392,6 +506,7 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
                 out[f"{group}.comp_{name}"] = np.asarray(comp[name][-1])  # the final models
                 out[f"{group}.comp_{name}_history"] = np.asarray(comp[name])
     out["eval_lengths"] = np.array(EVAL_LENGTHS)
+    out["rrt_len"] = np.asarray(ev["rrt_len"])
     return out
 
 
@@ -454,7 +569,77 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
         f"at least one fits the context, and every one that does <= {0.5 * chance:.2f} = half of chance "
         "(a public varied-offset reproduction: 0.35..0.98 at lengths 8..32)",
         all(np.isfinite(h).any() and np.all(np.asarray(h)[np.isfinite(h)] <= 0.5 * chance) for h in held)))
+    place = [[round(float(x), 2) for x in a["2L.placement_loss"][s]] for s in range(S)]
+    checks.append(report.Check(
+        f"repeated-token loss with R + R at the {', '.join(PLACEMENTS)} of the context, per seed", place,
+        f"every one <= {0.5 * chance:.2f} = half of chance (Olsson et al. 2022: induction heads work at any position)",
+        all(x <= 0.5 * chance for row in place for x in row)))
+    checks += toolbox_checks(cfg, a)
     return checks
+
+
+def copy_halves(a: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Targets (index t predicts t+1) in the first copy and in the second copy of [BOS] + R + R."""
+    L = int(a["rrt_len"])
+    t = np.arange(a["2L.dla"].shape[-1])
+    return (t >= 1) & (t < L), (t > L) & (t < 2 * L)
+
+
+def toolbox_checks(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
+    """DLA, logit lens, probe and attribution patching on the final models, bands stated before the run."""
+    S, chance, checks = cfg.n_seeds, float(a["chance"]), []
+    labels = lens.resid_labels(model_config(cfg, 2))
+    first, second = copy_halves(a)
+    dla = []
+    for s in range(S):
+        h1, h0 = circuit_heads(a, s)
+        d = a["2L.dla"][s]
+        ind, prev = d[labels.index(f"L1H{h1}"), second].mean(), d[labels.index(f"L0H{h0}"), second].mean()
+        dla.append([round(float(ind), 2), round(float(prev), 2), round(float(np.abs(d[:, first].mean(1)).max()), 2),
+                    labels[int(np.argmax(d[:, second].mean(1)))]])
+    checks.append(report.Check(
+        "DLA to the correct token on [BOS]+R+R: induction head on the 2nd copy, prev-token head's direct term there, "
+        "largest |mean| of any component on the 1st copy, the largest component on the 2nd copy", dla,
+        "the induction head is the largest on the 2nd copy; the prev-token head's direct term and every 1st-copy "
+        "mean below 1/4 of it (it acts through K-composition; Elhage et al. 2021)",
+        all(top == f"L1H{circuit_heads(a, s)[0]}" and abs(prev) < ind / 4 and f1 < ind / 4
+            for s, (ind, prev, f1, top) in enumerate(dla))))
+    lens_final = [[round(float(x), 2) for x in a["2L.lens_loss"][-1, s]] for s in range(S)]
+    checks.append(report.Check(
+        "logit lens: repeated-token loss read before layer 0, before layer 1, at the output (final models)",
+        lens_final, f"the first two >= chance - 0.1 = {chance - 0.1:.2f} (the next token is independent of the "
+        f"current and previous ones), the output <= {0.5 * chance:.2f}",
+        all(x0 >= chance - 0.1 and x1 >= chance - 0.1 and x2 <= 0.5 * chance for x0, x1, x2 in lens_final)))
+    pr = [[round(float(x), 3) for x in a["2L.probe"][-1, s]] + [round(float(a["2L.probe_untrained"][s, 1]), 3)]
+          for s in range(S)]
+    lvl = 3 / cfg.n_tokens
+    checks.append(report.Check(
+        "previous-token probe accuracy (held out): before layer 0, before layer 1, shuffled labels, untrained model",
+        pr, f"before layer 1 >= 0.8; before layer 0 and shuffled <= {lvl:.3f} (3x chance; before layer 0 the "
+        "residual holds the current token only); untrained at least 0.3 below trained",
+        all(b1 >= 0.8 and b0 <= lvl and sh <= lvl and un <= b1 - 0.3 for b0, b1, sh, un in pr)))
+    site = lambda l, n: f"blocks.{l}.attn.hook_{n}"  # noqa: E731
+    err = []
+    for s in range(S):
+        ap1 = a[f"2L.ap.{site(1, 'z')}"][s]
+        scale = float(np.abs(ap1).max())
+        e_z1 = float(np.abs(a[f"2L.atp.{site(1, 'z')}"][s] - ap1).max()) / scale
+        e_star = max(float(np.abs(a[f"2L.atp_star.{site(1, n)}"][s] - a[f"2L.ap.{site(1, n)}"][s]).max())
+                     for n in "qk") / scale
+        rho = spearman(a[f"2L.atp.{site(0, 'z')}"][s].ravel(), a[f"2L.ap.{site(0, 'z')}"][s].ravel())
+        err.append([f"{e_z1:.1e}", f"{e_star:.1e}", round(rho, 3)])
+    checks.append(report.Check(
+        "attribution vs activation patching per (position, head): max error / max effect on layer-1 z (linear path) "
+        "and layer-1 q, k by AtP*; rank correlation on layer-0 z (through layer 1's softmax)", err,
+        "layer-1 errors <= 1e-3 (exact up to float32; Nanda 2023, Kramar et al. 2024); layer-0 rank correlation >= 0.5",
+        all(float(e1) <= 1e-3 and float(e2) <= 1e-3 and r >= 0.5 for e1, e2, r in err)))
+    return checks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Rank correlation (ties broken by order, enough for continuous effects)."""
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 # ---------------------------------------------------------------------------
@@ -696,6 +881,111 @@ def fig_generalisation(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Pat
     return savefig(fig, path)
 
 
+def fig_dla(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    labels = lens.resid_labels(model_config(cfg, 2))
+    d = a["2L.dla"][0]  # [components, positions]
+    first, second = copy_halves(a)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [2.2, 1]})
+    lim = float(np.abs(d).max())
+    im = ax.imshow(d, aspect="auto", cmap="coolwarm", vmin=-lim, vmax=lim, interpolation="nearest")
+    ax.set_yticks(range(len(labels)), ["direct (W_E)" if n == "embed" else n for n in labels])
+    L = int(a["rrt_len"])
+    for x in (L - 0.5, 2 * L - 0.5):
+        ax.axvline(x, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("position t (predicting token t+1); dashed: copy boundaries")
+    ax.set_title("Seed 0: each component's logit for the correct next token (minus the mean logit)")
+    fig.colorbar(im, ax=ax, fraction=0.03, label="logit")
+    x = np.arange(len(labels))
+    for s in range(cfg.n_seeds):
+        bx.plot(x - 0.15, a["2L.dla"][s][:, first].mean(1), "o", color="C0", ms=4, label="1st copy" if s == 0 else None)
+        bx.plot(x + 0.15, a["2L.dla"][s][:, second].mean(1), "o", color="C3", ms=4, label="2nd copy" if s == 0 else None)
+    bx.axhline(0, color="grey", lw=0.6)
+    bx.set_xticks(x, ["W_E" if n == "embed" else n for n in labels])
+    bx.set_ylabel("mean DLA (logit)")
+    bx.set_title("Mean over each copy, every seed")
+    bx.legend(fontsize=8)
+    return savefig(fig, path)
+
+
+def fig_lens(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for g, ls in (("2L", "-"), ("1L", ":")):
+        names = lens.lens_boundaries(model_config(cfg, GROUPS[g]))
+        for b, name in enumerate(names):
+            y = a[f"{g}.lens_loss"][:, :, b]  # [T, seeds]
+            for s in range(y.shape[1]):
+                ax.plot(a[f"{g}.steps"], y[:, s], ls, color=f"C{b}", lw=0.9, alpha=0.8,
+                        label=f"{g[0]}-layer, read at {name.replace('hook_', '')}" if s == 0 else None)
+    _shade(ax, a, cfg)
+    ax.axhline(float(a["chance"]), color="grey", ls="--", lw=0.8, label="chance")
+    ax.set_ylim(0, 2 * float(a["chance"]))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss on the 2nd copy (nats)")
+    ax.set_title("Logit lens on [BOS]+R+R: only the output beats chance, from the phase change on")
+    ax.legend(fontsize=7, ncol=2)
+    return savefig(fig, path)
+
+
+def fig_probe(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    steps, pr = a["2L.probe_steps"], a["2L.probe"]
+    for s in range(cfg.n_seeds):
+        kw = lambda i: {"label": i if s == 0 else None}  # noqa: E731
+        ax.plot(steps, pr[:, s, 1], "-", color="C3", lw=1, **kw("probe before layer 1"))
+        ax.plot(steps, pr[:, s, 0], "-", color="C0", lw=1, **kw("probe before layer 0 (control)"))
+        ax.plot(steps, pr[:, s, 2], "-", color="C7", lw=1, **kw("shuffled labels (control)"))
+        ax.plot(a["2L.steps"], a["2L.prev_token_score"][:, s, 0].max(-1), "--", color="k", lw=0.8,
+                **kw("previous-token score (best layer-0 head)"))
+    ax.axhline(1 / cfg.n_tokens, color="grey", ls=":", lw=0.8, label=f"chance 1/{cfg.n_tokens}")
+    _shade(ax, a, cfg)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out accuracy / score")
+    ax.set_title("Is the previous token linearly readable at position t? (logistic probe, every seed)")
+    ax.legend(fontsize=7)
+    return savefig(fig, path)
+
+
+def fig_attribution(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    names = ("z", "q", "k", "v", "pattern")
+    fig, axes = plt.subplots(2, len(names), figsize=(13, 5.2))
+    for l in range(2):
+        for j, n in enumerate(names):
+            ax = axes[l, j]
+            site = f"blocks.{l}.attn.hook_{n}"
+            ap, atp = a[f"2L.ap.{site}"].ravel(), a[f"2L.atp.{site}"].ravel()
+            ax.plot(ap, atp, ".", ms=3, color="C0", label="AtP")
+            if n in ("q", "k"):
+                ax.plot(ap, a[f"2L.atp_star.{site}"].ravel(), ".", ms=3, color="C3", label="AtP*")
+            lim = max(float(np.abs(ap).max()), 1e-6)
+            ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.7, label="y = x")
+            ax.set_title(f"layer {l} {n}", fontsize=9)
+            if l == 1:
+                ax.set_xlabel("activation patching")
+            if j == 0:
+                ax.set_ylabel("attribution estimate")
+            if (l, j) == (0, 1):
+                ax.legend(fontsize=7)
+    fig.suptitle("Attribution patching vs activation patching, each (position, head), every seed: exact where "
+                 "the path to the logits is linear", fontsize=10)
+    return savefig(fig, path)
+
+
 FIGURES = [
     ("loss", fig_loss, "Training loss of the 2-layer models (red) and 1-layer controls (blue), every seed. Both "
      "sit near chance on the repeated tokens; then the 2-layer loss drops within a few hundred steps (shaded) "
@@ -725,6 +1015,24 @@ FIGURES = [
      "range (grey band) and outside it: a real induction circuit does not care about the length; a positional shortcut would. "
      "Circles: spans placed as in training; crosses: [BOS] + R + R at the start, where a short span's second "
      "copy also sits at positions no training repeat reached."),
+]
+
+
+FIGURES += [
+    ("dla", fig_dla, "Direct logit attribution on [BOS] + R + R: each component's contribution to the correct next "
+     "token's logit (minus the mean logit), exact because the model has no LayerNorm. On the second copy the "
+     "layer-1 induction head writes the answer; the previous-token head's direct term is small (it acts through "
+     "the induction head's keys); on the first copy nothing is systematic."),
+    ("lens", fig_lens, "Logit lens over training: the loss on the second copy read through the unembedding at each "
+     "residual boundary. Before layer 0 and before layer 1 it cannot beat chance (the next token is independent of "
+     "the current and previous tokens); at the output it falls at the phase change, in the 2-layer models only."),
+    ("probe", fig_probe, "A logistic probe for the previous token at position t, held-out accuracy over training. "
+     "Before layer 1 it rises with the previous-token head (dashed); before layer 0 and on shuffled labels it "
+     "stays at chance, as it must."),
+    ("attribution", fig_attribution, "Attribution patching (two forward passes, one backward) against activation "
+     "patching (one forward per point), first R resampled as the corruption. Layer 1's outputs (z, v, pattern) "
+     "reach the logits linearly, so the estimate is exact; queries and keys pass a softmax, and AtP* (red) "
+     "recomputes it and lands on the line; layer 0 acts through layer 1's softmax, so there it is approximate."),
 ]
 
 

@@ -25,7 +25,7 @@ def model(cfg=CFG, seed=0):
     return jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(seed + 1), x.shape), m)
 
 
-def documented_hooks(n_layers: int, attn_only: bool) -> dict[str, list[str]]:
+def documented_hooks(n_layers: int, attn_only: bool, rotary: bool = False) -> dict[str, list[str]]:
     """Hook names and shapes as the module docstring lists them."""
     out = {}
     for line in tf.__doc__.splitlines():
@@ -33,18 +33,19 @@ def documented_hooks(n_layers: int, attn_only: bool) -> dict[str, list[str]]:
         if not m:
             continue
         name, shape, note = m.group(1), [d.strip() for d in m.group(2).split(",")], m.group(3)
-        if attn_only and "not attn_only" in note:
+        if (attn_only and "not attn_only" in note) or (not rotary and "rotary only" in note):
             continue
         for l in range(n_layers) if "{l}" in name else [None]:
             out[name.replace("{l}", str(l))] = shape
     return out
 
 
-@pytest.mark.parametrize("attn_only", [False, True])
-def test_hook_names_and_shapes_match_the_docstring(attn_only):
-    cfg = tf.TransformerConfig(**{**CFG.__dict__, "attn_only": attn_only})
+@pytest.mark.parametrize("attn_only,rotary", [(False, False), (True, False), (True, True)])
+def test_hook_names_and_shapes_match_the_docstring(attn_only, rotary):
+    cfg = tf.TransformerConfig(**{**CFG.__dict__, "attn_only": attn_only,
+                                  "positional_embedding": "rotary" if rotary else "standard"})
     _, cache = tf.run_with_cache(model(cfg), tokens())
-    doc = documented_hooks(cfg.n_layers, attn_only)
+    doc = documented_hooks(cfg.n_layers, attn_only, rotary)
     assert set(cache) == set(doc) == set(tf.hook_names(cfg))
     for name, shape in doc.items():
         assert cache[name].shape == tuple(DIMS[d] for d in shape), name
@@ -61,12 +62,26 @@ def test_weight_names_and_shapes_are_transformerlens():
     assert flat["unembed.W_U"].shape == (16, 7) and flat["unembed.b_U"].shape == (7,)
 
 
+def numpy_rotate(x: np.ndarray, base: int) -> np.ndarray:
+    """Rotary positions written out pair by pair: dims (i, i + d/2) at position t turned by t * base^(-2i/d)."""
+    out = x.copy()
+    d = x.shape[-1]
+    for t in range(x.shape[1]):
+        for i in range(d // 2):
+            a = t * base ** (-2 * i / d)
+            c, s = np.cos(a), np.sin(a)
+            out[:, t, i] = c * x[:, t, i] - s * x[:, t, i + d // 2]
+            out[:, t, i + d // 2] = s * x[:, t, i] + c * x[:, t, i + d // 2]
+    return out
+
+
 def numpy_forward(m: tf.Transformer, toks: np.ndarray, shortformer: bool = False) -> tuple[np.ndarray, dict]:
     """The transformer written out with explicit loops over heads and positions."""
     f = lambda x: np.asarray(x, np.float64)  # noqa: E731
     b, n = toks.shape
+    rotary = m.cfg.positional_embedding == "rotary"
     embed, pos = f(m.embed.W_E)[toks], f(m.pos_embed.W_pos)[:n][None].repeat(b, 0)
-    resid = embed if shortformer else embed + pos
+    resid = embed if shortformer or rotary else embed + pos
     acts = {}
     for l, blk in enumerate(m.blocks):
         a = blk.attn
@@ -75,6 +90,8 @@ def numpy_forward(m: tf.Transformer, toks: np.ndarray, shortformer: bool = False
         for h in range(m.cfg.n_heads):
             q = x_qk @ f(a.W_Q[h]) + f(a.b_Q[h])
             k = x_qk @ f(a.W_K[h]) + f(a.b_K[h])
+            if rotary:
+                q, k = numpy_rotate(q, m.cfg.rotary_base), numpy_rotate(k, m.cfg.rotary_base)
             v = resid @ f(a.W_V[h]) + f(a.b_V[h])
             scores = np.einsum("bqe,bke->bqk", q, k) / np.sqrt(m.cfg.d_head)
             scores = np.where(np.tril(np.ones((n, n), bool)), scores, -np.inf)
@@ -90,12 +107,12 @@ def numpy_forward(m: tf.Transformer, toks: np.ndarray, shortformer: bool = False
     return resid @ f(m.unembed.W_U) + f(m.unembed.b_U), acts
 
 
-@pytest.mark.parametrize("shortformer", [False, True])
-def test_run_with_cache_equals_a_hand_computed_forward(shortformer):
-    cfg = tf.TransformerConfig(**{**CFG.__dict__, "positional_embedding": "shortformer" if shortformer else "standard"})
+@pytest.mark.parametrize("positions", ["standard", "shortformer", "rotary"])
+def test_run_with_cache_equals_a_hand_computed_forward(positions):
+    cfg = tf.TransformerConfig(**{**CFG.__dict__, "positional_embedding": positions})
     m, toks = model(cfg), tokens()
     logits, cache = jax.jit(tf.run_with_cache)(m, toks)
-    want, acts = numpy_forward(m, np.asarray(toks), shortformer)
+    want, acts = numpy_forward(m, np.asarray(toks), positions == "shortformer")
     np.testing.assert_allclose(logits, want, rtol=2e-4, atol=2e-4)
     for l in range(2):
         np.testing.assert_allclose(cache[f"blocks.{l}.mlp.hook_post"], acts[f"blocks.{l}.mlp.hook_post"], atol=2e-4)

@@ -134,12 +134,12 @@ def patch_units(model: tf.Transformer, corrupt_tokens: jax.Array, clean: Mapping
 
 def attribution_patch(model: tf.Transformer, clean_tokens: jax.Array, corrupt_tokens: jax.Array,
                       metric: Callable[[jax.Array], jax.Array], names: list[str]
-                      ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
+                      ) -> tuple[dict[str, jax.Array], ...]:
     """Attribution patching (Nanda 2023): ``(a_clean - a_corrupt) * dmetric/da`` at the corrupted run,
     elementwise at every hook of ``names``: the first-order estimate of every activation-patching
     effect at once, from two forward passes and one backward pass.
 
-    Returns ``(attribution, clean cache, corrupted cache)``; sum an attribution over the
+    Returns ``(attribution, clean cache, corrupted cache, gradients)``; sum an attribution over the
     axes that are not a unit's (``sum_units``) to compare with ``patch_units``. Exact where the
     metric is linear in the activation (a logit difference read through linear paths only).
     """
@@ -152,7 +152,7 @@ def attribution_patch(model: tf.Transformer, clean_tokens: jax.Array, corrupt_to
 
     zeros = {n: jnp.zeros_like(clean[n]) for n in names}
     (_, corrupt), grads = jax.value_and_grad(corrupted, has_aux=True)(zeros)
-    return {n: (clean[n] - corrupt[n]) * grads[n] for n in names}, clean, corrupt
+    return {n: (clean[n] - corrupt[n]) * grads[n] for n in names}, clean, corrupt, grads
 
 
 def sum_units(attribution: jax.Array, unit_axes: tuple[int, ...]) -> jax.Array:

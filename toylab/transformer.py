@@ -27,6 +27,8 @@ the query-side hooks of the last layer when ``last_only=True``):
     blocks.{l}.hook_resid_pre         [batch, pos, d_model]
     blocks.{l}.attn.hook_q            [batch, pos, n_heads, d_head]
     blocks.{l}.attn.hook_k            [batch, pos, n_heads, d_head]
+    blocks.{l}.attn.hook_rot_q        [batch, pos, n_heads, d_head]      (rotary only)
+    blocks.{l}.attn.hook_rot_k        [batch, pos, n_heads, d_head]      (rotary only)
     blocks.{l}.attn.hook_v            [batch, pos, n_heads, d_head]
     blocks.{l}.attn.hook_attn_scores  [batch, n_heads, query_pos, key_pos]
     blocks.{l}.attn.hook_pattern      [batch, n_heads, query_pos, key_pos]
@@ -71,7 +73,8 @@ class TransformerConfig:
     act_fn: str = "relu"  # MLP nonlinearity: relu or gelu
     attn_only: bool = False  # blocks without MLPs (the induction-head models)
     normalization: str | None = None  # None or "LN" (pre-norm LayerNorm, as in GPT-2)
-    positional_embedding: str = "standard"  # "standard": added to the residual stream; "shortformer": to queries and keys only
+    positional_embedding: str = "standard"  # "standard": added to the residual stream; "shortformer": to queries and keys only; "rotary": queries and keys rotated by position (W_pos unused)
+    rotary_base: int = 10_000  # rotary only: angle of pair i at position t is t * base^(-2i / d_head) (Su et al. 2021)
     use_attn_bias: bool = False  # b_Q, b_K, b_V, b_O
     use_mlp_bias: bool = True  # b_in, b_out
     use_unembed_bias: bool = False  # b_U
@@ -84,8 +87,10 @@ class TransformerConfig:
         require(self.attn_only or self.d_mlp > 0, "d_mlp", "a positive integer", self.d_mlp)
         require(self.act_fn in ACT_FNS, "act_fn", f"one of {sorted(ACT_FNS)}", self.act_fn)
         require(self.normalization in (None, "LN"), "normalization", "None or 'LN'", self.normalization)
-        require(self.positional_embedding in ("standard", "shortformer"), "positional_embedding",
-                "'standard' or 'shortformer'", self.positional_embedding)
+        require(self.positional_embedding in ("standard", "shortformer", "rotary"), "positional_embedding",
+                "'standard', 'shortformer' or 'rotary'", self.positional_embedding)
+        require(self.positional_embedding != "rotary" or self.d_head % 2 == 0, "d_head", "even for rotary positions",
+                self.d_head)
 
 
 ACT_FNS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}
@@ -184,8 +189,9 @@ def hook_names(cfg: TransformerConfig) -> list[str]:
     names = ["hook_embed", "hook_pos_embed"]
     for l in range(cfg.n_layers):
         b = f"blocks.{l}"
+        rot = ("rot_q", "rot_k") if cfg.positional_embedding == "rotary" else ()
         names += [f"{b}.hook_resid_pre"] + [f"{b}.attn.hook_{n}" for n in
-                                             ("q", "k", "v", "attn_scores", "pattern", "z", "result")]
+                                             ("q", "k", "v", *rot, "attn_scores", "pattern", "z", "result")]
         names += [f"{b}.hook_attn_out"]
         if not cfg.attn_only:
             names += [f"{b}.hook_resid_mid", f"{b}.mlp.hook_pre", f"{b}.mlp.hook_post", f"{b}.hook_mlp_out"]
@@ -270,10 +276,22 @@ def _project(x: "jax.Array | _Embedded", W: jax.Array) -> jax.Array:
     return jnp.einsum("bpd,hde->bphe", x, W)
 
 
-def _attention(attn: Attention, x_q, x_k, x_v, hk: _Hooks, b: str, n_q: int) -> jax.Array:
+def _rotate(x: jax.Array, positions: jax.Array, base: int) -> jax.Array:
+    """Rotary positions (Su et al. 2021), TransformerLens's layout: dimension i is paired with i + d_head/2,
+    and the pair turned by ``position * base^(-2i / d_head)``. ``x``: ``[batch, pos, head, d_head]``."""
+    half = x.shape[-1] // 2
+    angles = positions[:, None] * base ** (-jnp.arange(half, dtype=x.dtype) / half)  # [pos, half]
+    cos, sin = jnp.cos(angles)[:, None], jnp.sin(angles)[:, None]
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _attention(attn: Attention, x_q, x_k, x_v, hk: _Hooks, b: str, n_q: int, rotary_base: int | None = None
+               ) -> jax.Array:
     """Causal multi-head attention with queries at the last ``n_q`` positions.
 
     ``x_q``, ``x_k``, ``x_v``: ``[batch, pos, d_model]`` inputs, or ``_Embedded``.
+    ``rotary_base``: rotate queries and keys by position (None: no rotary positions).
     """
     q = _project(x_q.last(n_q) if isinstance(x_q, _Embedded) else x_q[:, -n_q:], attn.W_Q)
     k = _project(x_k, attn.W_K)
@@ -282,6 +300,9 @@ def _attention(attn: Attention, x_q, x_k, x_v, hk: _Hooks, b: str, n_q: int) -> 
         q, k, v = q + attn.b_Q, k + attn.b_K, v + attn.b_V
     q, k, v = hk(f"{b}.hook_q", q), hk(f"{b}.hook_k", k), hk(f"{b}.hook_v", v)
     n_k = k.shape[1]
+    if rotary_base is not None:
+        q = hk(f"{b}.hook_rot_q", _rotate(q, jnp.arange(n_k - n_q, n_k, dtype=q.dtype), rotary_base))
+        k = hk(f"{b}.hook_rot_k", _rotate(k, jnp.arange(n_k, dtype=k.dtype), rotary_base))
     # Heads-first operands make (head, batch) the leading batch axes of each small
     # matmul: on a CPU about twice as fast as TransformerLens's "bqhe,bkhe->bhqk".
     heads_first = lambda a: a.transpose(2, 0, 1, 3)  # noqa: E731
@@ -304,7 +325,8 @@ def _run(model: Transformer, tokens: jax.Array, hk: _Hooks, last_only: bool) -> 
     embed = hk("hook_embed", model.embed.W_E[tokens])
     pos = hk("hook_pos_embed", jnp.broadcast_to(model.pos_embed.W_pos[:n], embed.shape))
     shortformer = cfg.positional_embedding == "shortformer"
-    resid = embed if shortformer else embed + pos
+    rotary = cfg.positional_embedding == "rotary"
+    resid = embed if shortformer or rotary else embed + pos
     # Layer 0 may read its input factored (see _Embedded), unless a hook edits that input.
     factored = (model.blocks[0].ln1 is None and cfg.d_vocab + n < tokens.size
                 and not any(hk.edits(h) for h in ("hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre")))
@@ -315,12 +337,13 @@ def _run(model: Transformer, tokens: jax.Array, hk: _Hooks, last_only: bool) -> 
         x = _layer_norm(block.ln1, resid)
         x_qk = x + pos if shortformer else x
         if l == 0 and factored:
-            x = _Embedded(tokens, model.embed.W_E, None if shortformer else W_pos)
-            x_qk = x._replace(W_pos=W_pos)
+            x = _Embedded(tokens, model.embed.W_E, None if shortformer or rotary else W_pos)
+            x_qk = x._replace(W_pos=W_pos) if shortformer else x
         # Only the last position's output enters the loss: the last layer's queries,
         # MLP and unembedding need only run there (keys and values at every position).
         n_q = 1 if last_only and l == cfg.n_layers - 1 else n
-        attn_out = hk(f"{b}.hook_attn_out", _attention(block.attn, x_qk, x_qk, x, hk, f"{b}.attn", n_q))
+        attn_out = hk(f"{b}.hook_attn_out", _attention(block.attn, x_qk, x_qk, x, hk, f"{b}.attn", n_q,
+                                                       cfg.rotary_base if rotary else None))
         resid = resid[:, n - n_q:] + attn_out
         if block.mlp is not None:
             resid = hk(f"{b}.hook_resid_mid", resid)
