@@ -186,11 +186,13 @@ def make_batch(key: jax.Array, cfg: Config, batch: int, lengths: tuple[int, int]
     return copy_span(base, length, src, dst)
 
 
-def repeated_random(key: jax.Array, cfg: Config, batch: int, length: int) -> tuple[jax.Array, jax.Array]:
-    """``[BOS] + R + R`` (+ random filler to seq_len): the standard sequence for induction scores."""
+def repeated_random(key: jax.Array, cfg: Config, batch: int, length: int, start: int = 1
+                    ) -> tuple[jax.Array, jax.Array]:
+    """Random tokens with R copied right after itself from ``start``: with ``start=1``, ``[BOS] + R + R``
+    (+ random filler to seq_len), the standard sequence for induction scores."""
     base = jax.random.randint(key, (batch, cfg.seq_len), 1, cfg.n_tokens + 1)
     ones = jnp.ones(batch, jnp.int32)
-    return copy_span(base, length * ones, ones, (1 + length) * ones)
+    return copy_span(base, length * ones, start * ones, (start + length) * ones)
 
 
 # ---------------------------------------------------------------------------
@@ -355,10 +357,7 @@ PLACEMENTS = ("start", "middle", "end")  # where both copies of [R][R] sit in th
 def placed(key: jax.Array, cfg: Config, batch: int, length: int, where: str) -> tuple[jax.Array, jax.Array]:
     """Random tokens with R copied right after itself, both copies at the start, middle or end of the context."""
     frac = PLACEMENTS.index(where) / (len(PLACEMENTS) - 1)
-    src = 1 + int(round(frac * (cfg.seq_len - 1 - 2 * length)))
-    base = jax.random.randint(key, (batch, cfg.seq_len), 1, cfg.n_tokens + 1)
-    ones = jnp.ones(batch, jnp.int32)
-    return copy_span(base, length * ones, src * ones, (src + length) * ones)
+    return repeated_random(key, cfg, batch, length, start=1 + int(round(frac * (cfg.seq_len - 1 - 2 * length))))
 
 
 def resampled_first_copy(key: jax.Array, cfg: Config, tokens: jax.Array, length: int) -> jax.Array:
@@ -417,10 +416,9 @@ def probe_set(cfg: Config) -> dict[str, jax.Array]:
 
 
 def prev_token_probe(cfg: Config, model: tf.Transformer, ps: dict[str, jax.Array]) -> jax.Array:
-    """Held-out accuracy of a logistic probe for the previous token x_{t-1} at position t:
+    """Held-out accuracy of a logistic probe for the previous token x_{t-1} at position t, in a 2-layer model:
     ``[before layer 0, before layer 1, before layer 1 on shuffled labels]`` (chance 1/n_tokens)."""
-    hooks = [f"blocks.{l}.hook_resid_pre" for l in range(min(model.cfg.n_layers, 2))]
-    hooks = (hooks * 2)[:2]  # a 1-layer model has one boundary before its last residual
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
     _, cache = tf.run_with_cache(model, ps["tokens"], hooks)
     labels = (ps["tokens"][:, 1:-1] - 1).reshape(-1)
     tr, te = ps["train"], ps["test"]
@@ -451,19 +449,19 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
             out[f"{group}.{k}"] = np.asarray(v)
         final = jax.tree.map(lambda x: x[-1], models)
         rrt, rep = ev["rrt"], ev["rrt_rep"]
-        # the toolbox on the final models: DLA, lens, attribution vs activation patching
-        for k, v in jax.jit(jax.vmap(lambda m: toolbox(cfg, m, ev)))(final).items():
-            out[f"{group}.{k}"] = np.asarray(v)
-        # previous-token probe over training, and on the untrained models
-        ps = probe_set(cfg)
-        idx = sorted(set(range(0, len(steps), PROBE_EVERY)) | {len(steps) - 1})
-        some = jax.tree.map(lambda x: x[np.array(idx)], models)
-        probe = jax.jit(lambda ms: jax.lax.map(jax.vmap(lambda m: prev_token_probe(cfg, m, ps)), ms))
-        out[f"{group}.probe_steps"] = steps[idx]
-        out[f"{group}.probe"] = np.asarray(probe(some))  # [snapshots, seeds, 3]
-        init, _ = make_train(cfg, GROUPS[group])
-        untrained = jax.vmap(lambda k: init(k, None)["params"])(group_keys(cfg, group))
-        out[f"{group}.probe_untrained"] = np.asarray(probe(jax.tree.map(lambda x: x[None], untrained))[0])
+        if GROUPS[group] == 2:  # the circuit's analyses; the control's lens is in head_scores
+            # the toolbox on the final models: DLA, attribution vs activation patching
+            for k, v in jax.jit(jax.vmap(lambda m: toolbox(cfg, m, ev)))(final).items():
+                out[f"{group}.{k}"] = np.asarray(v)
+            # previous-token probe on the untrained models (row 0) and over training, in one compiled call
+            ps = probe_set(cfg)
+            idx = sorted(set(range(0, len(steps), PROBE_EVERY)) | {len(steps) - 1})
+            init, _ = make_train(cfg, GROUPS[group])
+            untrained = jax.vmap(lambda k: init(k, None)["params"])(group_keys(cfg, group))
+            some = jax.tree.map(lambda u, x: jnp.concatenate([u[None], x[np.array(idx)]]), untrained, models)
+            pr = np.asarray(jax.jit(lambda ms: jax.lax.map(jax.vmap(lambda m: prev_token_probe(cfg, m, ps)), ms))(some))
+            out[f"{group}.probe_steps"] = steps[idx]
+            out[f"{group}.probe"], out[f"{group}.probe_untrained"] = pr[1:], pr[0]  # [snapshots, seeds, 3], [seeds, 3]
 
         def rep_loss(logits):
             losses = token_losses(logits, rrt)
