@@ -56,7 +56,7 @@ def test_smoke_end_to_end(smoke_run):
     run = smoke_run("grokking")
     figs = Path(f"{run}-figures")
     rep = json.loads((run / "report.json").read_text())
-    assert rep["experiment"] == "grokking" and rep["preset"] == "smoke" and rep["n_checks"] == 8
+    assert rep["experiment"] == "grokking" and rep["preset"] == "smoke" and rep["n_checks"] == 21
     assert len(rep["figures"]) == len(exp.FIGURES) and all(f["caption"] for f in rep["figures"])
     for f in rep["figures"]:
         assert (run / f["path"]).stat().st_size > 10_000 and (figs / Path(f["path"]).name).exists()

@@ -111,6 +111,15 @@ def test_steering_by_zero_is_the_identity_and_rotation_keeps_the_rest():
     angle = jnp.arctan2(y @ basis[1], y @ basis[0]) - jnp.arctan2(x @ basis[1], x @ basis[0])
     np.testing.assert_allclose(jnp.mod(angle, 2 * jnp.pi), 0.7, atol=1e-5)
     np.testing.assert_allclose(steering.rotate(basis, 0.0)(x), x, atol=1e-6)
+    # with a skew basis and its dual read vectors: the read coordinates turn, and only along the basis
+    skew = jax.random.normal(jax.random.key(10), (2, 16))
+    read = jnp.linalg.solve(skew @ skew.T, skew)  # read @ skew.T = I
+    y = steering.rotate(skew, 0.7, read)(x)
+    c, s = x @ read[0], x @ read[1]
+    np.testing.assert_allclose(y @ read.T, jnp.stack([jnp.cos(0.7) * c - jnp.sin(0.7) * s,
+                                                      jnp.sin(0.7) * c + jnp.cos(0.7) * s], -1), atol=1e-4)
+    null = jnp.linalg.svd(skew)[2][2:]  # the directions orthogonal to the plane
+    np.testing.assert_allclose((y - x) @ null.T, 0.0, atol=1e-4)
     # mean difference of a set with itself, permuted, is zero
     np.testing.assert_allclose(steering.mean_difference(x, x[::-1]), 0.0, atol=1e-6)
 
@@ -163,3 +172,49 @@ def test_atp_star_recomputes_query_and_key_patches_exactly():
     np.testing.assert_allclose(d_k, exact_k, atol=1e-5)
     plain_q = patching.sum_units(attr["blocks.1.attn.hook_q"], (1, 2))
     assert float(jnp.abs(plain_q - exact_q).max()) > 1e-4  # the linearised softmax is not exact
+
+
+def test_an_exact_sae_spliced_in_changes_nothing_and_ablating_a_latent_removes_its_write():
+    from toylab import sae as S
+
+    model, toks = _model(MLP_CFG), _tokens(MLP_CFG)
+    d = MLP_CFG.d_mlp
+    # ReLU(x) - ReLU(-x) = x: 2d latents reconstruct any activation exactly.
+    eye = jnp.eye(d)
+    exact = S.SAE(jnp.concatenate([eye, -eye], 1), jnp.zeros(2 * d), jnp.concatenate([eye, -eye], 0),
+                  jnp.zeros(d), jnp.zeros(2 * d), S.SAEConfig(d_in=d, d_sae=2 * d))
+    name = "blocks.0.mlp.hook_post"
+    x = S.collect(model, toks, name)
+    assert x.shape == (toks.size, d)
+    labels = toks[:, -1] % MLP_CFG.d_vocab_out
+
+    def loss_fn(logits):
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits[:, -1]), labels[:, None], -1).mean()
+
+    s = jax.jit(lambda m: S.splice_scores(m, toks, name, exact, loss_fn))(model)
+    np.testing.assert_allclose(s["spliced"], s["clean"], rtol=1e-5)
+    np.testing.assert_allclose(s["recovered"], 1.0, atol=1e-4)
+    # Ablating latent i (neuron i's positive part) is zeroing neuron i (post-ReLU, so >= 0), at one position.
+    i, pos = 5, 2
+    _, cache = tf.run_with_cache(model, toks, [name], fwd_hooks=[S.ablate_latent_hook(name, exact, i, position=pos)])
+    _, clean = tf.run_with_cache(model, toks, [name])
+    want = clean[name].at[:, pos, i].set(0.0)
+    np.testing.assert_allclose(cache[name], want, atol=1e-6)
+
+
+def test_an_sae_fitted_on_activations_finds_planted_features_under_vmap():
+    from toylab import sae as S
+
+    # Activations that are sparse sums of 6 planted unit directions in 8 dimensions.
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    truth = jnp.linalg.qr(jax.random.normal(k1, (8, 8)))[0][:6]
+    active = jax.random.uniform(k2, (4096, 6)) < 0.15
+    x = (active * jax.random.uniform(k3, (4096, 6), minval=0.5, maxval=1.5)) @ truth
+    cfg = S.SAEConfig(d_in=8, d_sae=12, architecture="topk", k=2)
+    fit = jax.jit(jax.vmap(lambda key, c: S.fit(key, cfg, x, c, n_steps=800, batch_size=256, lr=3e-3)))
+    saes, logs = fit(jax.random.split(jax.random.key(1), 2), jnp.array([2, 2]))
+    for i in range(2):
+        sae = jax.tree.map(lambda a: a[i], saes)
+        assert float(S.mmcs(sae.W_dec, truth)) > 0.95
+        assert float(S.evaluate(sae, x)["fvu"]) < 0.05
+    assert logs["loss"].shape == (2, 800)

@@ -155,6 +155,15 @@ def attribution_patch(model: tf.Transformer, clean_tokens: jax.Array, corrupt_to
     return {n: (clean[n] - corrupt[n]) * grads[n] for n in names}, clean, corrupt, grads
 
 
+def spearman(estimate, exact) -> float:
+    """Rank correlation of an estimate with the exact effects (ties broken by order, enough for
+    continuous effects): how well attribution patching orders the units."""
+    import numpy as np
+
+    rx, ry = np.argsort(np.argsort(np.ravel(estimate))), np.argsort(np.argsort(np.ravel(exact)))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
 def sum_units(attribution: jax.Array, unit_axes: tuple[int, ...]) -> jax.Array:
     """An elementwise attribution summed over every axis but ``unit_axes``: one estimate per unit."""
     return attribution.sum(tuple(a for a in range(attribution.ndim) if a not in unit_axes))

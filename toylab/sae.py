@@ -420,3 +420,78 @@ def random_mmcs(n_true: int, d: int, d_sae: int, draws: int = 20, seed: int = 0)
         g, u = rng.normal(size=(n_true, d)), rng.normal(size=(d_sae, d))
         vals.append(float(mmcs(jnp.asarray(u), jnp.asarray(g))))
     return float(np.mean(vals))
+
+
+# ---------------------------------------------------------------------------
+# SAEs on a trained model's activations
+# ---------------------------------------------------------------------------
+# A lab model is small enough that every activation of interest fits in memory, so an SAE
+# on it trains in one ``lax.scan`` over a fixed activation set (``fit``), in seconds, with no
+# checkpoints; ``make_train`` with ``train.train_models`` is for long runs. Splicing follows
+# SAELens: the activation is replaced by the SAE's reconstruction (``splice_hook``) and the
+# model's loss is compared with the clean run and with the activation zero-ablated
+# (``splice_scores``: SAELens's ``ce_loss_with_sae`` / ``ce_loss_without_sae`` /
+# ``ce_loss_with_ablation``); a latent is ablated with the SAE's error term kept, so only
+# that latent's write changes (``ablate_latent_hook``).
+
+
+def collect(model: Any, tokens: jax.Array, name: str, positions: Any = slice(None), *,
+            last_only: bool = False) -> jax.Array:
+    """The activations ``[n, d]`` of hook ``name`` (shaped ``[batch, pos, d]``) at ``positions``, rows
+    ordered batch-major, from ``transformer.run_with_cache``."""
+    from toylab import transformer as tf
+
+    _, cache = tf.run_with_cache(model, tokens, [name], last_only=last_only)
+    x = cache[name]
+    if x.ndim != 3:
+        raise ValueError(f"collect reads [batch, pos, d] hooks; {name} is {x.shape}")
+    return x[:, positions].reshape(-1, x.shape[-1])
+
+
+def fit(key: jax.Array, cfg: SAEConfig, x: jax.Array, coefficient: jax.Array, *, n_steps: int, batch_size: int,
+        lr: float = 1e-3) -> tuple[SAE, dict[str, jax.Array]]:
+    """Train one SAE on the fixed activations ``x [n, d_in]`` (batches drawn with replacement) in one scan.
+
+    Returns the SAE (reading and writing ``x``'s own scale: a normalisation is folded back in)
+    and its per-step logs. Pure: ``vmap`` it over keys and coefficients for a grid.
+    """
+    scale = (jnp.sqrt(x.shape[-1]) / jnp.mean(jnp.linalg.norm(x, axis=-1))
+             if cfg.normalize_activations != "none" else None)
+    init_state, step = make_train(cfg, lambda k, hp, b: x[jax.random.randint(k, (b,), 0, x.shape[0])],
+                                  n_steps=n_steps, batch_size=batch_size, lr=lr)
+    hp = {"coefficient": coefficient} | ({} if scale is None else {"scale": scale})
+    state, logs = jax.lax.scan(lambda s, t: step(s, hp, t), init_state(key, hp), jnp.arange(n_steps))
+    sae = state["sae"]
+    return (sae if scale is None else fold_activation_norm_scaling_factor(sae, scale)), logs
+
+
+def splice_hook(name: str, sae: SAE, k: jax.Array | None = None) -> tuple[str, Callable]:
+    """A forward hook replacing hook ``name``'s activation by the SAE's reconstruction."""
+    return name, lambda x, _: forward(sae, x, k)
+
+
+def ablate_latent_hook(name: str, sae: SAE, latent: jax.Array, k: jax.Array | None = None,
+                       position: Any = None) -> tuple[str, Callable]:
+    """A forward hook removing one latent's write ``f_i(x) W_dec[i]`` from the activation (at ``position`` of
+    axis 1, or everywhere); the SAE's reconstruction error stays in, so nothing else changes."""
+
+    def hook(x: jax.Array, _: str) -> jax.Array:
+        new = x - encode(sae, x, k)[..., latent, None] * sae.W_dec[latent]
+        if position is None:
+            return new
+        at = (jnp.arange(x.shape[1]) == position).reshape((1, -1) + (1,) * (x.ndim - 2))
+        return jnp.where(at, new, x)
+
+    return name, hook
+
+
+def splice_scores(model: Any, tokens: jax.Array, name: str, sae: SAE, loss_fn: Callable[[jax.Array], jax.Array],
+                  k: jax.Array | None = None, *, last_only: bool = False) -> dict[str, jax.Array]:
+    """``loss_fn(logits)`` clean, with the SAE spliced in at ``name``, and with the activation zero-ablated;
+    ``recovered`` = (zero - spliced) / (zero - clean), SAELens's "CE loss score" (1: as good as clean)."""
+    from toylab import transformer as tf
+
+    clean = loss_fn(tf.forward(model, tokens, last_only=last_only))
+    spliced = loss_fn(tf.run_with_hooks(model, tokens, [splice_hook(name, sae, k)], last_only=last_only))
+    zero = loss_fn(tf.run_with_hooks(model, tokens, [(name, lambda x, _: jnp.zeros_like(x))], last_only=last_only))
+    return {"clean": clean, "spliced": spliced, "zero_ablated": zero, "recovered": (zero - spliced) / (zero - clean)}

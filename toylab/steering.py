@@ -48,17 +48,22 @@ def add_hook(name: str, vector: jax.Array, scale=1.0, position=None, pos_axis: i
     return edit_hook(name, lambda x: x + scale * vector, position, pos_axis)
 
 
-def rotate(basis: jax.Array, angle) -> Callable[[jax.Array], jax.Array]:
-    """``x -> x`` turned by ``angle`` (radians) in the plane of orthonormal ``basis [2, d]``, the rest kept.
+def rotate(basis: jax.Array, angle, read: jax.Array | None = None) -> Callable[[jax.Array], jax.Array]:
+    """``x -> x`` turned by ``angle`` (radians) in the plane of ``basis [2, d]``, the rest kept.
 
-    With ``basis = [u, v]``, the component ``c u + s v`` becomes that vector turned from u
-    towards v by ``angle``; what lies outside the plane is unchanged.
+    With ``basis = [u, v]``, the coordinates ``(c, s)`` of x in the plane become
+    ``(c, s)`` turned from u towards v by ``angle``, written back along u and v. The
+    coordinates are read by ``read [2, d]`` (dual vectors: ``read[i] . basis[j] = 1 if i == j
+    else 0``), by default the basis itself, which must then be orthonormal. A dual pair
+    is for a plane defined by what reads it, e.g. the plane the unembedding reads as
+    cos/sin of one frequency; the edit moves x along u and v only.
     """
     u, v = basis[0], basis[1]
+    ru, rv = (u, v) if read is None else (read[0], read[1])
     cos, sin = jnp.cos(angle), jnp.sin(angle)
 
     def fn(x: jax.Array) -> jax.Array:
-        c, s = x @ u, x @ v
+        c, s = x @ ru, x @ rv
         c2, s2 = cos * c - sin * s, sin * c + cos * s
         return x + (c2 - c)[..., None] * u + (s2 - s)[..., None] * v
 
