@@ -624,7 +624,7 @@ def toolbox_checks(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
         e_z1 = float(np.abs(a[f"2L.atp.{site(1, 'z')}"][s] - ap1).max()) / scale
         e_star = max(float(np.abs(a[f"2L.atp_star.{site(1, n)}"][s] - a[f"2L.ap.{site(1, n)}"][s]).max())
                      for n in "qk") / scale
-        rho = spearman(a[f"2L.atp.{site(0, 'z')}"][s].ravel(), a[f"2L.ap.{site(0, 'z')}"][s].ravel())
+        rho = patching.spearman(a[f"2L.atp.{site(0, 'z')}"][s].ravel(), a[f"2L.ap.{site(0, 'z')}"][s].ravel())
         err.append([f"{e_z1:.1e}", f"{e_star:.1e}", round(rho, 3)])
     checks.append(report.Check(
         "attribution vs activation patching per (position, head): max error / max effect on layer-1 z (linear path) "
@@ -632,12 +632,6 @@ def toolbox_checks(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
         "layer-1 errors <= 1e-3 (exact up to float32; Nanda 2023, Kramar et al. 2024); layer-0 rank correlation >= 0.5",
         all(float(e1) <= 1e-3 and float(e2) <= 1e-3 and r >= 0.5 for e1, e2, r in err)))
     return checks
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Rank correlation (ties broken by order, enough for continuous effects)."""
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 # ---------------------------------------------------------------------------
