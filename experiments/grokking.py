@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toylab import config, experiment, report
+from toylab import config, experiment, lens, patching, probes, report, steering
+from toylab import sae as saes
 from toylab import transformer as tf
 from toylab.analysis import fourier
 from toylab.config import require
@@ -209,7 +210,7 @@ def train(cfg: Config, run: Run, *, devices=None, progress=True) -> dict[str, fl
 
 def load_history(cfg: Config, run: Run) -> tuple[np.ndarray, tf.Transformer]:
     """Epochs ``[T]`` of every saved snapshot and the models, stacked ``[T, seeds, ...]``."""
-    return run.snapshots(init_model(jax.random.key(0), cfg))
+    return run.snapshots(jax.eval_shape(lambda: init_model(jax.random.key(0), cfg)))  # shapes only: nothing runs
 
 
 def _index(tree, *idx):
@@ -301,6 +302,227 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     return out
 
 
+# The toolbox's settings (analysis only: they do not change training).
+PROBE_EVERY = 4  # probe every 4th snapshot (400 epochs apart in the paper preset), plus the untrained model
+PROBE_HOOKS = ("blocks.0.mlp.hook_post", "blocks.0.hook_resid_post")  # where the probes read, at '='
+STEER_HOOK = "blocks.0.hook_mlp_out"  # where the steers act, at '=' (the MLP's write to the residual)
+STEER_INPUTS = 1000  # inputs the steered accuracy is measured on, per shift delta (a fixed random subset)
+ATP_PAIRS = 64  # clean/corrupted pairs (a, b) vs (a', b) of the attribution-patching comparison
+SAE_WIDTH = 0.5  # SAE latents per MLP neuron (256 for d_mlp 512: room for several latents per key circle)
+SAE_K = 10  # TopK SAE's active latents per input (about two per key frequency)
+SAE_EPOCHS = 60  # SAE training passes over the p^2 activations (batches of 256, lr 1e-3; 3,000 steps at p = 113)
+
+
+def sae_steps(n: int) -> int:
+    """Steps for SAE_EPOCHS passes over ``n`` activations in batches of 256 (at least 200)."""
+    return int(max(200, round(SAE_EPOCHS * n / 256, -2)))
+
+
+def fourier_targets(p: int) -> np.ndarray:
+    """cos and sin of w_k (a + b) for k = 1..(p-1)/2 over the flattened grid: ``[p*p, 2K]`` (cos k, sin k, ...)."""
+    a, b = np.divmod(np.arange(p * p), p)
+    k = np.arange(1, p // 2 + 1)
+    angle = 2 * np.pi * k[None, :] * (a + b)[:, None] / p
+    return np.stack([np.cos(angle), np.sin(angle)], -1).reshape(p * p, -1)
+
+
+def unembed_planes(model: tf.Transformer, ks) -> tuple[np.ndarray, np.ndarray]:
+    """Per key frequency, the plane the unembedding reads as cos/sin(w_k c): write vectors ``[K, 2, d_model]``
+    (adding one raises the logits by exactly cos(w_k c) or sin(w_k c)) and their dual read vectors."""
+    W_U = np.asarray(model.unembed.W_U, np.float64)  # [d_model, p]
+    p = W_U.shape[1]
+    c = np.arange(p)
+    waves = np.stack([np.stack([np.cos(2 * np.pi * k * c / p), np.sin(2 * np.pi * k * c / p)]) for k in ks])
+    write = waves @ np.linalg.pinv(W_U)  # x @ W_U = wave, exactly when W_U has rank p (d_model >= p)
+    read = waves @ W_U.T / (p / 2)  # x . read = the logits' coefficient on that wave
+    return write, read
+
+
+def toolbox_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: int, keys: np.ndarray,
+                 neuron_freq: np.ndarray) -> dict[str, np.ndarray]:
+    """The interpretability toolbox on one seed: DLA, probes over training, steering, attribution
+    patching, an SAE on the MLP neurons (Nanda et al. 2023's circuit read by each verb)."""
+    p = cfg.p
+    mc = model_config(cfg)
+    pairs = all_pairs(p)
+    y = labels(pairs, p)
+    tok, yj = jnp.asarray(pairs), jnp.asarray(y)
+    train_idx, test_idx = split(p, cfg.frac_train, cfg.seed + seed)
+    final = _index(models, -1)
+    rng = np.random.default_rng(cfg.seed + seed)
+    out: dict[str, np.ndarray] = {}
+    seconds = [time.perf_counter()]  # wall time of each verb, for the README's cost table
+
+    # Direct logit attribution at '=' to logit[c*] - mean logit, and logits from the MLP output alone.
+    @jax.jit
+    def dla(m):
+        names = lens.resid_hooks(mc) + ["blocks.0.mlp.hook_post"]
+        logits, cache = tf.run_with_cache(m, tok, names, last_only=True)
+        cache = {k: v[:, -1:] for k, v in cache.items()}
+        attrs = lens.logit_attrs(m, lens.resid_stack(m, cache)[:, :, 0], yj)  # [component, p*p]
+        lg = logits[:, -1]
+        target = jnp.take_along_axis(lg, yj[:, None], -1)[:, 0] - lg.mean(-1)
+        return attrs, target, lg, cache["blocks.0.hook_mlp_out"][:, 0] @ m.unembed.W_U, \
+            cache["blocks.0.mlp.hook_post"][:, 0]
+
+    attrs, target, logits, mlp_logits, post = (np.asarray(v) for v in dla(final))
+    out["dla_labels"] = np.array(lens.resid_labels(mc))
+    out["dla_mean"] = attrs.mean(1)
+    out["dla_identity_err"] = np.array(np.abs(attrs.sum(0) - target).max() / np.abs(target).max())
+    out["dla_losses"] = np.array([fourier.cross_entropy(logits, y), fourier.cross_entropy(mlp_logits, y)])
+    out["dla_mlp_acc"] = np.array(np.mean(mlp_logits.argmax(-1) == y))
+    # Per key-frequency cluster of neurons, the attribution to every candidate c (centred over c) against
+    # the wave alpha cos(w_k(a + b - c)) the paper's algorithm predicts.
+    W_L = weight_l(final).astype(np.float64)
+    W_L = W_L - W_L.mean(1, keepdims=True)
+    a_, b_ = np.divmod(np.arange(p * p), p)
+    example = int(rng.integers(p * p))
+    fve, waves, alphas, sizes = [], [], [], []
+    for k in keys:
+        idx = np.flatnonzero(neuron_freq == k)
+        A = post[:, idx].astype(np.float64) @ W_L[idx]  # [p*p, p]
+        T = np.cos(2 * np.pi * k / p * (a_[:, None] + b_[:, None] - np.arange(p)[None, :]))
+        alpha = np.sum(A * T) / np.sum(T * T)
+        fve.append(1 - np.sum((A - alpha * T) ** 2) / max(np.sum((A - A.mean()) ** 2), 1e-30))
+        waves.append(A[example])
+        alphas.append(alpha)
+        sizes.append(idx.size)
+    out.update(wave_fve=np.array(fve), wave_example=np.array(example), waves=np.array(waves).reshape(-1, p),
+               wave_alpha=np.array(alphas), wave_sizes=np.array(sizes))
+
+    seconds.append(time.perf_counter())
+
+    # Probes for cos/sin(w_k(a+b)), every k, fitted on the training pairs and scored on the test pairs: the
+    # untrained model (row 0) and every PROBE_EVERY-th snapshot in one compiled call.
+    Y = jnp.asarray(fourier_targets(p), jnp.float32)
+    tr, te = jnp.asarray(train_idx), jnp.asarray(test_idx)
+
+    def probe_r2(m, hooks, Yfit):
+        _, cache = tf.run_with_cache(m, tok, list(hooks), last_only=True)
+        r = []
+        for h in hooks:
+            x = cache[h][:, -1]
+            pr = probes.fit_ridge(x[tr], Yfit[tr])
+            r.append(probes.r2(Y[te], probes.predict(pr, x[te])).reshape(-1, 2).mean(-1))  # [K]: cos, sin averaged
+        return jnp.stack(r)
+
+    picked = np.unique(np.r_[np.arange(0, len(epochs), PROBE_EVERY), len(epochs) - 1])
+    stack = jax.tree.map(lambda m: m[picked], models)
+    if epochs[0] != 0:  # the untrained model is the snapshot at epoch 0; rebuild it if that was not kept
+        untrained = init_model(jax.random.key(cfg.seed + seed), cfg)
+        stack = jax.tree.map(lambda u, m: jnp.concatenate([u[None], m]), untrained, stack)
+    # One compiled call per snapshot: the same fits inside lax.map deadlocked XLA's CPU thread pool (2 cores).
+    fit = jax.jit(lambda m: probe_r2(m, PROBE_HOOKS, Y))
+    r2 = np.stack([np.asarray(fit(_index(stack, i))) for i in range(len(jax.tree.leaves(stack)[0]))])
+    out["probe_epochs"] = np.r_[[0] * int(epochs[0] != 0), epochs[picked]]
+    out["probe_r2"] = r2  # [1 + snapshots, hook, K]
+    Y_shuffled = probes.shuffled(jax.random.key(cfg.seed + seed), Y)
+    out["probe_controls"] = np.stack([  # [control, K]
+        np.asarray(jax.jit(lambda m: probe_r2(m, ("blocks.0.hook_resid_pre",), Y))(final))[0],
+        np.asarray(jax.jit(lambda m: probe_r2(m, PROBE_HOOKS[:1], Y_shuffled))(final))[0]])
+    out["probe_control_names"] = np.array(["before the layer (resid_pre at '=')", "shuffled labels (hook_post)"])
+
+    seconds.append(time.perf_counter())
+
+    # Steering at the MLP output, on answer a + b + delta. The mean difference over the full grid is a
+    # difference of two means over the same activations (b -> b + delta permutes the grid): zero.
+    _, cache = jax.jit(lambda m: tf.run_with_cache(m, tok, [STEER_HOOK], last_only=True))(final)
+    h = np.asarray(cache[STEER_HOOK][:, -1], np.float64).reshape(p, p, -1)
+    deltas = np.arange(p)
+    V = np.stack([np.roll(h, -d, axis=1).reshape(p * p, -1).mean(0) - h.reshape(p * p, -1).mean(0) for d in deltas])
+    out["steer_mean_diff_norm"] = np.linalg.norm(V, axis=-1) / np.linalg.norm(h, axis=-1).mean()
+    sub = rng.choice(p * p, min(STEER_INPUTS, p * p), replace=False)
+    sub_tok, sub_y = tok[sub], yj[sub]
+    write, read = (jnp.asarray(x, jnp.float32) for x in unembed_planes(final, keys))
+    w_keys = jnp.asarray(2 * np.pi * keys / p, jnp.float32)
+
+    def shifted_acc(m, hook, d):
+        logits = tf.run_with_hooks(m, sub_tok, [hook], last_only=True)[:, -1]
+        return jnp.mean(logits.argmax(-1) == (sub_y + d) % p)
+
+    def rotation(d):
+        def fn(x):
+            for i in range(len(keys)):
+                x = steering.rotate(write[i], w_keys[i] * d, read[i])(x)
+            return x
+        return fn
+
+    @jax.jit
+    def steer(m, V):
+        add = jax.vmap(lambda v, d: shifted_acc(m, steering.add_hook(STEER_HOOK, v), d))(V, jnp.arange(p))
+        rot = jax.vmap(lambda d: shifted_acc(m, steering.edit_hook(STEER_HOOK, rotation(d)), d))(jnp.arange(p))
+        none = jax.vmap(lambda d: shifted_acc(m, (STEER_HOOK, lambda x, _: x), d))(jnp.arange(p))
+        return jnp.stack([none, add, rot])
+
+    out["steer_acc"] = np.asarray(steer(final, jnp.asarray(V, jnp.float32)))  # [unsteered/mean diff/rotation, delta]
+
+    seconds.append(time.perf_counter())
+
+    # Attribution patching against exact activation patching: clean (a, b), corrupted (a', b);
+    # metric logit[(a+b)] - logit[(a'+b)] at '=', averaged over the pairs.
+    i = rng.choice(p * p, ATP_PAIRS, replace=False)
+    a2 = (a_[i] + rng.integers(1, p, ATP_PAIRS)) % p
+    clean = tok[i]
+    corrupt = clean.at[:, 0].set(jnp.asarray(a2, jnp.int32))
+    c_clean, c_corrupt = yj[i], jnp.asarray((a2 + b_[i]) % p)
+    batch = jnp.arange(ATP_PAIRS)
+
+    def metric(lg):
+        return jnp.mean(lg[batch, -1, c_clean] - lg[batch, -1, c_corrupt])
+
+    sites = {"blocks.0.attn.hook_z": (2,), "blocks.0.mlp.hook_post": (2,), "blocks.0.mlp.hook_pre": (2,)}
+
+    @jax.jit
+    def atp_ap(m):
+        attr, clean_cache, corrupt_cache, _ = patching.attribution_patch(m, clean, corrupt, metric, list(sites))
+        atp = {n: patching.sum_units(attr[n], u) for n, u in sites.items()}
+        ap = {n: patching.patch_units(m, corrupt, clean_cache, metric, n, u, batch_size=64) for n, u in sites.items()}
+        pre = "blocks.0.mlp.hook_pre"
+        flips = ((clean_cache[pre][:, -1] > 0) != (corrupt_cache[pre][:, -1] > 0)).any(0)
+        return atp, ap, flips
+
+    atp, ap, flips = atp_ap(final)
+    for n in sites:
+        short = n.split(".")[-1]
+        out[f"atp.{short}"], out[f"ap.{short}"] = np.asarray(atp[n]), np.asarray(ap[n])
+    out["atp_relu_flips"] = np.asarray(flips)
+
+    seconds.append(time.perf_counter())
+
+    # A TopK SAE on the MLP neurons at '=' over all p^2 inputs.
+    scfg = saes.SAEConfig(d_in=cfg.d_mlp, d_sae=max(int(SAE_WIDTH * cfg.d_mlp), 2 * SAE_K), architecture="topk",
+                          k=SAE_K, normalize_activations="expected_average_only_in")
+    x = jnp.asarray(post)
+    sae, logs = jax.jit(lambda key: saes.fit(key, scfg, x, SAE_K, n_steps=sae_steps(p * p), batch_size=256))(
+        jax.random.key(cfg.seed + seed))
+    ce = lambda lg: -jnp.mean(jax.nn.log_softmax(lg[:, -1].astype(jnp.float64))[jnp.arange(p * p), yj])  # noqa: E731
+
+    @jax.jit
+    def sae_eval(sae):
+        spliced = tf.run_with_hooks(final, tok, [saes.splice_hook(PROBE_HOOKS[0], sae)], last_only=True)[:, -1]
+        return (saes.splice_scores(final, tok, PROBE_HOOKS[0], sae, ce, last_only=True), saes.evaluate(sae, x),
+                jnp.mean(spliced.argmax(-1) == yj), saes.dead_latents(saes.encode(sae, x)))
+
+    with jax.enable_x64(True):  # the losses are ~1e-6: float64 cross-entropy, as in training
+        sc, ev, acc, dead = sae_eval(sae)
+    out["sae_scores"] = np.array([float(sc["clean"]), float(sc["spliced"]), float(sc["zero_ablated"]), float(acc),
+                                  float(ev["l0"]), float(ev["fvu"]), float(ev["dead"])])
+    out["sae_loss_curve"] = np.asarray(logs["mse_loss"])
+    # Each latent's logit effect (its decoder row through W_out W_U), centred over c, in the Fourier basis.
+    effect = np.asarray(sae.W_dec, np.float64) @ W_L  # [d_sae, p]
+    F, _ = fourier.fourier_basis(p)
+    coef = effect @ F.T  # [d_sae, p]: const, cos 1, sin 1, ...
+    power = coef[:, 1::2] ** 2 + coef[:, 2::2] ** 2  # [d_sae, K]
+    out["sae_purity"] = power.max(1) / np.maximum(power.sum(1), 1e-30)
+    out["sae_freq"] = power.argmax(1) + 1
+    out["sae_phase"] = np.arctan2(coef[np.arange(len(coef)), 2 * out["sae_freq"]],
+                                  coef[np.arange(len(coef)), 2 * out["sae_freq"] - 1])
+    out["sae_alive"] = ~np.asarray(dead)
+    seconds.append(time.perf_counter())
+    out["toolbox_seconds"] = np.diff(seconds)  # DLA, probes, steering, attribution patching, SAE
+    return out
+
+
 def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     """Measure every seed from its snapshots and logs; saved to ``analysis.npz`` (keys ``s{seed}.name``)."""
     epochs, models = load_history(cfg, run)
@@ -308,10 +530,13 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     out = {"epochs": epochs}
     for k in ("loss", "train_acc", "test_loss", "test_acc"):
         out[f"log_{k}"] = logs[k]  # [seeds, n_steps]
-    with jax.enable_x64(True):
-        for s in range(cfg.n_seeds):
-            seed_models = jax.tree.map(lambda x: x[:, s], models)
-            out.update({f"s{s}.{k}": v for k, v in analyze_seed(cfg, epochs, seed_models, s).items()})
+    for s in range(cfg.n_seeds):
+        seed_models = jax.tree.map(lambda x: x[:, s], models)
+        with jax.enable_x64(True):
+            seed_out = analyze_seed(cfg, epochs, seed_models, s)
+        # float32, as the model: x64 mode would make the probes' and the SAE's new arrays float64
+        seed_out |= toolbox_seed(cfg, epochs, seed_models, s, seed_out["key_freqs"], seed_out["neuron_freq"])
+        out.update({f"s{s}.{k}": v for k, v in seed_out.items()})
     return out
 
 
@@ -403,7 +628,128 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
         "sum of squared weights: initial, peak, peak epoch, final", one(norms),
         "peak >= 1.3x initial, before epoch 3,000; final <= 0.5x peak (released runs ~1,800 -> 3,000..3,500 -> ~1,000) (Nanda et al. 2023, Fig. 7)",
         all(pk >= 1.3 * w0 and ep <= 3000 and fin <= 0.5 * pk for w0, pk, ep, fin in norms)))
+    return checks + toolbox_checks(cfg, a)
+
+
+def probe_key_r2(a: dict[str, np.ndarray], s: int) -> np.ndarray:
+    """Probe R^2 averaged over the key frequencies: ``[snapshots, hook]``."""
+    keys = a[f"s{s}.key_freqs"]
+    return a[f"s{s}.probe_r2"][:, :, keys - 1].mean(-1)
+
+
+def toolbox_checks(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
+    """Thirteen checks of the toolbox's readings of the circuit: exact identities to float tolerance,
+    Nanda et al. 2023's numbers, and expectations derived from its algorithm; every seed must pass."""
+    S = cfg.n_seeds
+    one = lambda v: v[0] if S == 1 else v  # noqa: E731
+    r = lambda x, n=3: float(f"{float(x):.{n}g}")  # noqa: E731
+    g = lambda s, k: a[f"s{s}.{k}"]  # noqa: E731
+    seeds = range(S)
+    checks = []
+
+    err = [r(g(s, "dla_identity_err")) for s in seeds]
+    checks.append(report.Check(
+        "DLA: components minus their sum's target, max |error| / max |logit[c] - mean logit|", one(err),
+        "<= 1e-5: exact without LayerNorm (float32)", all(e <= 1e-5 for e in err)))
+    mlp = []
+    for s in seeds:
+        full, only = g(s, "dla_losses")
+        dm = g(s, "dla_mean")
+        mlp.append([r(only), r(full), r(g(s, "dla_mlp_acc")), r(dm[-1] / dm.sum())])
+    checks.append(report.Check(
+        "DLA: loss from the MLP output alone, full loss, MLP-alone accuracy, MLP share of the mean margin", one(mlp),
+        "MLP alone <= 1e-5 with accuracy 1.0, share >= 0.9 (Nanda et al. 2023 App. A.1: 9.12e-7 vs 2.41e-7)",
+        all(o <= 1e-5 and acc == 1.0 and sh >= 0.9 for o, _, acc, sh in mlp)))
+    fve = [[r(v) for v in g(s, "wave_fve")] for s in seeds]
+    checks.append(report.Check(
+        "neuron DLA per key-frequency cluster vs a cos(w_k(a+b-c)) wave: variance explained, per cluster", one(fve),
+        ">= 0.8 each (Nanda et al. 2023 §4: the logits are a sum of such waves)", all(min(f) >= 0.8 for f in fve)))
+
+    probe = []
+    for s in seeds:
+        keys = g(s, "key_freqs") - 1
+        final = g(s, "probe_r2")[-1]  # [hook, K]
+        other = np.setdiff1d(np.arange(final.shape[1]), keys)
+        probe.append([r(final[0, keys].min()), r(final[1, keys].min()), r(final[:, other].mean(), 2)])
+    checks.append(report.Check(
+        "probe R^2 of cos/sin(w_k(a+b)), test pairs: key frequencies' min at hook_post, resid_post; others' mean",
+        one(probe), "keys >= 0.9 (Nanda et al. 2023 §4.3: its readouts explain 93-98%); others <= 0.1",
+        all(k1 >= 0.9 and k2 >= 0.9 and o <= 0.1 for k1, k2, o in probe)))
+    ctrl = [[r(g(s, "probe_r2")[0].max(), 2), r(g(s, "probe_controls")[0].max(), 2),
+             r(g(s, "probe_controls")[1].max(), 2)] for s in seeds]
+    checks.append(report.Check(
+        "probe controls, max R^2 over every k: untrained model, resid_pre at '=' (constant), shuffled labels",
+        one(ctrl), "<= 0.1 each (Hewitt & Liang 2019: a probe means something only beside its controls)",
+        all(max(c) <= 0.1 for c in ctrl)))
+    prog = []
+    for s in seeds:
+        ep = g(s, "probe_epochs")
+        prog.append([first_below(-probe_key_r2(a, s)[:, 0], ep, -0.5), phases(a, s)[1]])
+    checks.append(report.Check(
+        "probe as a progress measure: epoch key-frequency R^2 (hook_post) first >= 0.5; epoch test loss < 1",
+        one(prog), "probe first (the circuit forms before test loss falls: Nanda et al. 2023 §5)",
+        all(pr < t for pr, t in prog)))
+
+    mean_diff = []
+    for s in seeds:
+        acc = g(s, "steer_acc")
+        mean_diff.append([r(g(s, "steer_mean_diff_norm").max()), r(acc[1, 1:].max())])
+    checks.append(report.Check(
+        "steering by the mean difference for answer + delta: max |v| / mean |h|; best shifted accuracy, delta != 0",
+        one(mean_diff), "|v| <= 1e-6 (exactly 0: a permutation of the same activations); accuracy <= 0.05",
+        all(v <= 1e-6 and acc <= 0.05 for v, acc in mean_diff)))
+    rot = [[r(g(s, "steer_acc")[2].mean()), r(g(s, "steer_acc")[2].min())] for s in seeds]
+    checks.append(report.Check(
+        "steering by a rotation of w_k delta in each key-frequency plane: accuracy on a+b+delta, mean and min",
+        one(rot), "mean >= 0.9 (logits are waves cos(w_k(a+b-c)); Nanda et al. 2023 §4)",
+        all(m >= 0.9 for m, _ in rot)))
+
+    rel = lambda s, n: np.abs(g(s, f"atp.{n}") - g(s, f"ap.{n}")).max() / np.abs(g(s, f"ap.{n}")).max()  # noqa: E731
+    post = [r(rel(s, "hook_post")) for s in seeds]
+    checks.append(report.Check(
+        "attribution vs activation patching, MLP neurons (hook_post): max |AtP - AP| / max |AP|", one(post),
+        "<= 1e-4: exact, the path to the logits is linear (Nanda 2023)", all(e <= 1e-4 for e in post)))
+    pre = [[r(patching.spearman(g(s, "atp.hook_pre"), g(s, "ap.hook_pre"))), r(rel(s, "hook_pre"))] for s in seeds]
+    checks.append(report.Check(
+        "attribution vs activation patching through the ReLU (hook_pre): rank correlation; max error / max |AP|",
+        one(pre), "rank correlation >= 0.5 and error > 1e-3 (an approximation, not exact)",
+        all(rho >= 0.5 and e > 1e-3 for rho, e in pre)))
+    heads = [[r(patching.spearman(g(s, "atp.hook_z"), g(s, "ap.hook_z"))), r(rel(s, "hook_z"))] for s in seeds]
+    checks.append(report.Check(
+        "attribution vs activation patching, heads (hook_z): rank correlation; max error / max |AP|", one(heads),
+        "rank correlation >= 0.8 (Nanda 2023: head outputs are approximated well)",
+        all(rho >= 0.8 for rho, _ in heads)))
+
+    sae = []
+    for s in seeds:
+        clean, spliced, zero, acc, l0, fvu, dead = g(s, "sae_scores")
+        sae.append([r(acc), r(spliced), r(clean), r(fvu), r(l0)])
+    checks.append(report.Check(
+        "SAE on hook_post, spliced in: accuracy, loss (clean loss); FVU; L0", one(sae),
+        "accuracy >= 0.95 and FVU <= 0.1 (no published number: set from the circuit's low rank)",
+        all(acc >= 0.95 and fvu <= 0.1 for acc, _, _, fvu, _ in sae)))
+    tiles = []
+    for s in seeds:
+        counts, gaps = sae_tiling(a, s)
+        tiles.append([counts.tolist(), [round(float(np.degrees(x))) for x in gaps]])
+    checks.append(report.Check(
+        "SAE latents tiling each key frequency (alive, purity >= 0.8): count; largest gap between phases (deg)",
+        one(tiles), ">= 3 latents and gap < 180 deg for every key frequency (a circle needs 3 ReLU latents)",
+        all(min(c) >= 3 and max(gp) < 180 for c, gp in tiles)))
     return checks
+
+
+def sae_tiling(a: dict[str, np.ndarray], s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per key frequency: how many alive latents have purity >= 0.8 there, and the largest gap (radians)
+    between their phases (2 pi when there are none)."""
+    keys = a[f"s{s}.key_freqs"]
+    ok = a[f"s{s}.sae_alive"] & (a[f"s{s}.sae_purity"] >= 0.8)
+    counts, gaps = [], []
+    for k in keys:
+        ph = np.sort(a[f"s{s}.sae_phase"][ok & (a[f"s{s}.sae_freq"] == k)])
+        counts.append(ph.size)
+        gaps.append(np.max(np.diff(np.r_[ph, ph[:1] + 2 * np.pi])) if ph.size else 2 * np.pi)
+    return np.array(counts), np.array(gaps)
 
 
 # ---------------------------------------------------------------------------
@@ -602,6 +948,145 @@ def fig_ablations(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     return savefig(fig, path)
 
 
+def fig_dla(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 2]})
+    labels, dm = a["s0.dla_labels"], a["s0.dla_mean"]
+    axes[0].bar(range(len(dm)), dm, color=["C7"] * (len(dm) - 1) + ["C3"])
+    axes[0].set_xticks(range(len(dm)), labels, rotation=30, ha="right")
+    axes[0].set_ylabel("mean DLA to logit[c*] - mean logit")
+    axes[0].set_title("Which component writes the answer")
+    p = cfg.p
+    c = np.arange(p)
+    x0, y0 = divmod(int(a["s0.wave_example"]), p)
+    for i, (k, w, alpha, f) in enumerate(zip(a["s0.key_freqs"], a["s0.waves"], a["s0.wave_alpha"], a["s0.wave_fve"])):
+        phase = np.mod(2 * np.pi * k * (x0 + y0 - c) / p + np.pi, 2 * np.pi) - np.pi  # w_k(a+b-c), in (-pi, pi]
+        axes[1].scatter(phase, w, s=6, color=f"C{i}",
+                        label=f"k = {k}: {a['s0.wave_sizes'][i]} neurons, fit explains {f:.0%} over all inputs")
+        t = np.linspace(-np.pi, np.pi, 200)
+        axes[1].plot(t, alpha * np.cos(t), color=f"C{i}", lw=0.8)
+    axes[1].set_xlabel("w_k (a + b - c), wrapped to (-pi, pi]: 0 is the answer c = a + b")
+    axes[1].set_ylabel("cluster's DLA to logit[c] - mean")
+    axes[1].set_title(f"Each key-frequency cluster, input a = {x0}, b = {y0}, every c (line: a cos(w_k(a+b-c)))")
+    axes[1].legend(fontsize=7, loc="lower center")
+    fig.suptitle("Direct logit attribution of the final model at '='")
+    return savefig(fig, path)
+
+
+def fig_probes(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    r2, keys = a["s0.probe_r2"], a["s0.key_freqs"]
+    k = np.arange(1, r2.shape[-1] + 1)
+    axes[0].plot(k, r2[-1, 0], "o-", ms=3, lw=1, color="C3", label="final, mlp.hook_post")
+    axes[0].plot(k, r2[-1, 1], "s-", ms=2, lw=1, color="C1", label="final, hook_resid_post")
+    axes[0].plot(k, r2[0].max(0), lw=1, color="C7", label="untrained model (max of both hooks)")
+    for name, row, st in zip(a["s0.probe_control_names"], a["s0.probe_controls"], (":", "--")):
+        axes[0].plot(k, row, lw=1, color="k", ls=st, label=str(name))
+    for kk in keys:
+        axes[0].axvline(kk, color="C3", lw=0.5, alpha=0.4)
+    axes[0].set_ylim(-0.3, 1.05)
+    axes[0].set_xlabel("frequency k (thin red lines: key frequencies)")
+    axes[0].set_ylabel("held-out R^2 (cos and sin averaged)")
+    axes[0].set_title("Probing cos/sin(w_k(a+b)) at '='")
+    axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    ep = a["s0.probe_epochs"]
+    kr = probe_key_r2(a, 0)
+    axes[1].plot(ep, kr[:, 0], color="C3", lw=1.2, label="probe R^2, key frequencies (hook_post)")
+    axes[1].plot(ep, kr[:, 1], color="C1", lw=1.2, label="probe R^2, key frequencies (resid_post)")
+    axes[1].set_ylabel("held-out R^2 (clipped at -0.3)")
+    axes[1].set_ylim(-0.3, 1.05)
+    axes[1].set_xlabel("epoch")
+    tw = axes[1].twinx()
+    tw.plot(a["epochs"], a["s0.ckpt_test_loss"], color="k", lw=1, label="test loss (right)")
+    tw.set_yscale("log")
+    tw.set_ylabel("test loss")
+    _mark_phases(axes[1], a)
+    h1, l1 = axes[1].get_legend_handles_labels()
+    h2, l2 = tw.get_legend_handles_labels()
+    axes[1].legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    axes[1].set_title("A probe as a progress measure")
+    return savefig(fig, path)
+
+
+def fig_steering(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    d = np.arange(cfg.p)
+    for row, name, c, st in zip(a["s0.steer_acc"], ("no steering", "add the mean difference for +delta",
+                                                    "rotate each key plane by w_k delta"), ("C7", "C0", "C3"),
+                                ({"lw": 4, "alpha": 0.5}, {"lw": 1.2, "ls": "--"}, {"lw": 1.2})):
+        ax.plot(d, row, color=c, label=name, **st)
+    ax.set_xlabel("shift delta")
+    ax.set_ylabel("accuracy on (a + b + delta) mod p")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title("Steering the MLP output towards a + b + delta")
+    ax.legend(fontsize=8, loc="center right")
+    return savefig(fig, path)
+
+
+def fig_attribution(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    flips = a["s0.atp_relu_flips"].astype(bool)
+    for ax, site, title in zip(axes, ("hook_z", "hook_post", "hook_pre"),
+                               ("heads (attn.hook_z)", "neurons (mlp.hook_post)", "neurons (mlp.hook_pre)")):
+        x, y = a[f"s0.ap.{site}"], a[f"s0.atp.{site}"]
+        if site == "hook_pre":
+            ax.scatter(x[flips], y[flips], s=6, color="C3", label="ReLU changes state in some pair")
+            ax.scatter(x[~flips], y[~flips], s=6, color="C0", label="ReLU keeps its state")
+            ax.legend(fontsize=7, loc="upper left")
+        else:
+            ax.scatter(x, y, s=12 if site == "hook_z" else 6, color="C0")
+        lim = [min(x.min(), y.min()), max(x.max(), y.max())]
+        ax.plot(lim, lim, color="k", lw=0.8, ls=":")
+        rho = patching.spearman(y, x)
+        ax.set_title(f"{title}: rank corr. {rho:.2f}")
+        ax.set_xlabel("activation patching (exact)")
+        ax.set_ylabel("attribution patching (estimate)")
+    fig.suptitle("Patching (a', b) -> (a, b): metric logit[a+b] - logit[a'+b]; dotted: y = x")
+    return savefig(fig, path)
+
+
+def fig_sae(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    fig = plt.figure(figsize=(11, 4))
+    ax0 = fig.add_subplot(1, 2, 1)
+    alive = a["s0.sae_alive"].astype(bool)
+    ax0.hist(a["s0.sae_purity"][alive], bins=np.linspace(0, 1, 21), color="C0")
+    ax0.axvline(0.8, color="k", ls=":", lw=1, label="purity 0.8")
+    ax0.set_xlabel("purity: share of a latent's logit effect in one frequency")
+    ax0.set_ylabel("alive latents")
+    clean, spliced, zero, acc, l0, fvu, dead = a["s0.sae_scores"]
+    ax0.set_title(f"TopK SAE on hook_post: {alive.sum()} of {alive.size} latents alive, L0 {l0:.0f}, "
+                  f"FVU {fvu:.3f}, spliced acc. {acc:.3f}", fontsize=9)
+    ax0.legend(fontsize=8)
+    ax1 = fig.add_subplot(1, 2, 2, projection="polar")
+    ok = alive & (a["s0.sae_purity"] >= 0.8)
+    for i, k in enumerate(a["s0.key_freqs"]):
+        ph = a["s0.sae_phase"][ok & (a["s0.sae_freq"] == k)]
+        ax1.scatter(ph, np.full(ph.size, i + 1), s=14, color=f"C{i}", label=f"k = {k}: {ph.size} latents")
+    ax1.set_rticks(range(1, len(a["s0.key_freqs"]) + 1), [])
+    ax1.set_title("Phases of the pure latents, one ring per key frequency")
+    ax1.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.1, 0.5))
+    return savefig(fig, path)
+
+
 FIGURES = [
     ("loss", fig_loss, "Train (blue) and test (red) loss and accuracy, log scale. The model memorises its 30% in "
      "a few hundred epochs while test loss rises far above chance; long after, test loss falls suddenly: "
@@ -622,6 +1107,24 @@ FIGURES = [
      "rises as the model comes to rely on them. Gini jumps and the weight norm drops in cleanup."),
     ("ablations", fig_ablations, "Loss of the final model when the MLP neurons keep only their cos/sin(w_k(a+b)) "
      "components (green: lower than the original) or lose one key frequency (red: orders of magnitude worse)."),
+    ("dla", fig_dla, "Direct logit attribution at '=' over every input. Left: the mean attribution of each "
+     "component to the correct answer's logit (minus the mean logit); the MLP carries almost all of it, and the "
+     "components add up to the logits exactly (no LayerNorm). Right: for one input, each key-frequency cluster "
+     "of neurons' attribution to every candidate c: a wave peaking at the answer, as the algorithm predicts."),
+    ("probes", fig_probes, "Left: ridge probes for cos and sin of w_k(a+b), fitted on the training pairs and "
+     "scored on the test pairs: R^2 is high only at the key frequencies, and near zero (or below) on the "
+     "untrained model, before the layer, and with shuffled labels. Right: the key-frequency R^2 over training "
+     "rises during circuit formation, while test loss is still high: a probe-based progress measure."),
+    ("steering", fig_steering, "Steering the MLP output so the model answers a + b + delta. The mean "
+     "difference of the activations for 'answer + delta' over the full grid is exactly zero, so adding it "
+     "leaves the answer where it was (blue: accurate only at delta = 0). Rotating each key-frequency plane by "
+     "w_k delta moves the answer by delta (red)."),
+    ("attribution", fig_attribution, "Attribution patching (two forward passes, one backward) against exact "
+     "activation patching, per head and per neuron. The MLP neurons' outputs lie on y = x (a linear path to "
+     "the logits); through the ReLU the estimate misses where a neuron switches on or off (red)."),
+    ("sae", fig_sae, "A TopK SAE on the MLP neurons over all inputs. Left: most alive latents act on the logits "
+     "within one frequency (purity near 1). Right: the pure latents' phases per key frequency: several latents "
+     "tile each circle, a feature manifold rather than a list of discrete features."),
 ]
 
 

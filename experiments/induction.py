@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toylab import config, experiment, lens, patching, probes, report
+from toylab import config, experiment, lens, patching, probes, report, steering
+from toylab import sae as saes
 from toylab import transformer as tf
 from toylab.analysis.attention import (composition_baseline, composition_scores, copying_scores, induction_score,
                                        prev_token_score)
@@ -323,7 +324,8 @@ def head_scores(model: tf.Transformer, ev: dict[str, jax.Array], cfg: Config) ->
 
 def load_snapshots(cfg: Config, run: Run, group: str) -> tuple[np.ndarray, tf.Transformer]:
     """Steps ``[T]`` of every snapshot of a group and its models, stacked ``[T, seeds, ...]``."""
-    return run.snapshots(tf.init(jax.random.key(0), model_config(cfg, GROUPS[group])), group)
+    like = jax.eval_shape(lambda: tf.init(jax.random.key(0), model_config(cfg, GROUPS[group])))  # shapes only
+    return run.snapshots(like, group)
 
 
 def _final(x: np.ndarray) -> float:
@@ -431,6 +433,95 @@ def prev_token_probe(cfg: Config, model: tf.Transformer, ps: dict[str, jax.Array
     return jnp.stack([acc(cache[hooks[0]], labels), acc(cache[hooks[1]], labels), acc(cache[hooks[1]], shuffled)])
 
 
+STEER_PAIRS = 8  # token pairs (A, B) the "previous token = A" vector is built and tested for
+STEER_SCALES = (0.0, 0.5, 1.0, 1.5, 2.0)  # doses of the vector (1: the mean difference itself)
+SAE_HOOK = "blocks.1.hook_resid_pre"  # the residual stream the layer-1 heads read
+SAE_WIDTH = 4  # SAE latents per residual dimension (the circuit predicts 2 x n_tokens directions)
+SAE_K = 4  # TopK SAE's active latents per position (the circuit predicts about 2: token and previous token)
+SAE_EPOCHS = 32  # SAE training passes over its positions (batches of 256, lr 1e-3; 2,000 steps in the paper preset)
+
+
+def steer_set(cfg: Config) -> dict[str, jax.Array]:
+    """Sequences for steering: per pair (A, B), random tokens with x_{J-1} = B and x_Q = A (``base``), the real
+    edit x_{J-1} = A (``real``: the induction head should then predict x_J at Q), and an off-target query
+    x_Q = C (``off``). A, B and C appear nowhere else. Shapes ``[pairs, eval_batch, seq_len]``."""
+    T, N = cfg.seq_len, cfg.eval_batch
+    J, Q = T // 4, (3 * T) // 4
+    k_perm, k_tok = jax.random.split(jax.random.key(cfg.seed + 7000))
+    perm = jax.vmap(lambda k: jax.random.permutation(k, cfg.n_tokens))(jax.random.split(k_perm, STEER_PAIRS)) + 1
+    A, B, C = perm[:, 0, None], perm[:, 1, None], perm[:, 2, None]
+    idx = jax.random.randint(k_tok, (STEER_PAIRS, N, T), 0, cfg.n_tokens - 3)
+    base = jax.vmap(lambda rest, i: rest[i])(perm[:, 3:], idx).at[:, :, 0].set(BOS)
+    base = base.at[:, :, J - 1].set(B).at[:, :, Q].set(A)
+    return {"base": base, "real": base.at[:, :, J - 1].set(A), "off": base.at[:, :, Q].set(C), "A": perm[:, 0],
+            "J": J, "Q": Q}
+
+
+def sae_set(cfg: Config) -> jax.Array:
+    """Random sequences whose positions 1.. train the SAE on ``SAE_HOOK``."""
+    toks = jax.random.randint(jax.random.key(cfg.seed + 8000), (4 * cfg.eval_batch, cfg.seq_len), 1, cfg.n_tokens + 1)
+    return toks.at[:, 0].set(BOS)
+
+
+def steer_and_sae(cfg: Config, model: tf.Transformer, ev: dict[str, jax.Array], st: dict[str, jax.Array],
+                  sae_tokens: jax.Array, prev_head: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
+    """On one 2-layer model: steer with a "previous token = A" vector, and an SAE on the residual before layer 1
+    (its dictionary against the circuit's directions, its spliced loss, and ablating its "previous token = A"
+    latent). Attention and log-probabilities are read at query Q about key / answer position J."""
+    J, Q = st["J"], st["Q"]
+    N = cfg.eval_batch
+
+    def reads(tokens, hooks):
+        logits, cache = tf.run_with_cache(model, tokens, ["blocks.1.attn.hook_pattern"], fwd_hooks=hooks)
+        att = cache["blocks.1.attn.hook_pattern"][:, :, Q, J].mean(0)  # [heads]
+        lp = jax.nn.log_softmax(logits[:, Q])[jnp.arange(N), tokens[:, J]].mean()
+        return att, lp
+
+    def steer_pair(base, real, off):
+        _, cb = tf.run_with_cache(model, base, [SAE_HOOK])
+        _, cr = tf.run_with_cache(model, real, [SAE_HOOK])
+        v = steering.mean_difference(cr[SAE_HOOK][:, J], cb[SAE_HOOK][:, J])
+        dose = jax.vmap(lambda c: reads(base, [steering.add_hook(SAE_HOOK, v, c, position=J)]))(
+            jnp.array(STEER_SCALES))
+        return dose, reads(real, []), reads(off, []), reads(off, [steering.add_hook(SAE_HOOK, v, 1.0, position=J)])
+
+    (d_att, d_lp), (r_att, r_lp), (o_att, o_lp), (o1_att, o1_lp) = jax.vmap(steer_pair)(
+        st["base"], st["real"], st["off"])
+    out = {"steer_att": d_att, "steer_lp": d_lp,  # [pairs, scales, heads], [pairs, scales]
+           "steer_real_att": r_att, "steer_real_lp": r_lp,  # [pairs, heads], [pairs]
+           "steer_off_att": jnp.stack([o_att, o1_att], 1), "steer_off_lp": jnp.stack([o_lp, o1_lp], 1)}  # [pairs, 2, ...]
+
+    # The SAE, and the circuit's directions: token embeddings and the previous-token head's writes of them.
+    x = saes.collect(model, sae_tokens, SAE_HOOK, slice(1, None))
+    scfg = saes.SAEConfig(d_in=cfg.d_model, d_sae=SAE_WIDTH * cfg.d_model, architecture="topk", k=SAE_K)
+    sae, _ = saes.fit(key, scfg, x, SAE_K, n_steps=int(max(200, round(SAE_EPOCHS * x.shape[0] / 256, -2))), batch_size=256)
+    W_E = model.embed.W_E[1:]
+    attn0 = model.blocks[0].attn
+    prev_writes = jnp.einsum("vd,de,em->vm", W_E, attn0.W_V[prev_head], attn0.W_O[prev_head])
+    ev_ = saes.evaluate(sae, x)
+    rrt, rep = ev["rrt"], ev["rrt_rep"]
+
+    def rep_loss(logits):
+        return jnp.sum(token_losses(logits, rrt) * rep) / rep.sum()
+
+    sc = saes.splice_scores(model, rrt, SAE_HOOK, sae, rep_loss)
+    out |= {"sae_scores": jnp.stack([sc["clean"], sc["spliced"], sc["zero_ablated"], ev_["l0"], ev_["fvu"],
+                                     ev_["dead"].astype(jnp.float32), saes.mmcs(sae.W_dec, W_E),
+                                     saes.mmcs(sae.W_dec, prev_writes)])}
+    # Ablate, at J, the latent closest to "previous token = A" (the SAE's error term kept) in the real-edit
+    # sequences, where the induction head predicts x_J at Q; control: the latent for another token's write.
+    cos = saes.cosines(sae.W_dec, prev_writes)  # [n_tokens, d_sae]
+    matched = cos[st["A"] - 1].argmax(-1)  # [pairs]
+    other = cos[(st["A"] % cfg.n_tokens)].argmax(-1)  # the next token id's latent: a latent for a different write
+
+    def ablate(real, latent):
+        return reads(real, [saes.ablate_latent_hook(SAE_HOOK, sae, latent, position=J)])[1]
+
+    out["sae_ablation_lp"] = jnp.stack([jax.vmap(ablate)(st["real"], matched), jax.vmap(ablate)(st["real"], other)], 1)
+    out["sae_matched_cos"] = cos[st["A"] - 1].max(-1)  # [pairs]
+    return out
+
+
 def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     """Scores over every snapshot of every model, and the final models' circuits; saved to ``analysis.npz``."""
     ev = eval_sets(cfg)
@@ -457,11 +548,18 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
             ps = probe_set(cfg)
             idx = sorted(set(range(0, len(steps), PROBE_EVERY)) | {len(steps) - 1})
             init, _ = make_train(cfg, GROUPS[group])
-            untrained = jax.vmap(lambda k: init(k, None)["params"])(group_keys(cfg, group))
+            untrained = jax.jit(jax.vmap(lambda k: init(k, None)["params"]))(group_keys(cfg, group))
             some = jax.tree.map(lambda u, x: jnp.concatenate([u[None], x[np.array(idx)]]), untrained, models)
             pr = np.asarray(jax.jit(lambda ms: jax.lax.map(jax.vmap(lambda m: prev_token_probe(cfg, m, ps)), ms))(some))
             out[f"{group}.probe_steps"] = steps[idx]
             out[f"{group}.probe"], out[f"{group}.probe_untrained"] = pr[1:], pr[0]  # [snapshots, seeds, 3], [seeds, 3]
+            # steering and an SAE before layer 1, with each seed's previous-token head
+            st, sae_tokens = steer_set(cfg), sae_set(cfg)
+            prev_heads = jnp.asarray(scores["prev_token_score"][-1, :, 0].argmax(-1))
+            sae_keys = jax.random.split(jax.random.key(cfg.seed + 8001), n_models(cfg, group))
+            more = jax.jit(jax.vmap(lambda m, h, k: steer_and_sae(cfg, m, ev, st, sae_tokens, h, k)))(
+                final, prev_heads, sae_keys)
+            out.update({f"{group}.{k}": np.asarray(v) for k, v in more.items()})
 
         def rep_loss(logits):
             losses = token_losses(logits, rrt)
@@ -631,6 +729,60 @@ def toolbox_checks(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
         "and layer-1 q, k by AtP*; rank correlation on layer-0 z (through layer 1's softmax)", err,
         "layer-1 errors <= 1e-3 (exact up to float32; Nanda 2023, Kramar et al. 2024); layer-0 rank correlation >= 0.5",
         all(float(e1) <= 1e-3 and float(e2) <= 1e-3 and r >= 0.5 for e1, e2, r in err)))
+    return checks + steer_sae_checks(cfg, a)
+
+
+def steer_gains(a: dict[str, np.ndarray], s: int) -> dict[str, float]:
+    """Seed s's log-probability of x_J at Q, averaged over pairs: gains over the unsteered base sequences."""
+    lp = a["2L.steer_lp"][s].mean(0)  # [scales]
+    one = STEER_SCALES.index(1.0)
+    real = float(a["2L.steer_real_lp"][s].mean()) - lp[0]
+    off = a["2L.steer_off_lp"][s].mean(0)
+    abl = a["2L.sae_ablation_lp"][s].mean(0)  # [matched, control]
+    rl = float(a["2L.steer_real_lp"][s].mean())
+    return {"real": real, "steer": float(lp[one] - lp[0]), "off": float(off[1] - off[0]),
+            "matched": (rl - float(abl[0])) / real, "control": (rl - float(abl[1])) / real}
+
+
+def steer_sae_checks(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
+    """Steering with a "previous token = A" vector and an SAE before layer 1, bands stated before the run."""
+    S, checks = cfg.n_seeds, []
+    r2 = lambda x: round(float(x), 2)  # noqa: E731
+    st = []
+    for s in range(S):
+        g, h1 = steer_gains(a, s), circuit_heads(a, s)[0]
+        att = a["2L.steer_att"][s].mean(0)[:, h1]  # [scales]
+        st.append([r2(g["steer"]), r2(g["real"]), r2(att[STEER_SCALES.index(1.0)]),
+                   r2(a["2L.steer_real_att"][s].mean(0)[h1])])
+    checks.append(report.Check(
+        "steering 'previous token = A' into position J (scale 1): log-prob gain of x_J at an A-query, the real "
+        "edit's gain; induction head's attention Q->J, steered and real", st,
+        "steered gain >= half the real edit's, real gain >= 1 nat (the vector stands in for the previous-token "
+        "head's write; Turner et al. 2023's activation addition)",
+        all(sg >= 0.5 * rg and rg >= 1 for sg, rg, _, _ in st)))
+    off = [[r2(steer_gains(a, s)["off"]), r2(steer_gains(a, s)["real"])] for s in range(S)]
+    checks.append(report.Check(
+        "off-target: the same vector with a C-query (C != A): log-prob change of x_J at Q; the real edit's gain",
+        off, "|change| <= 0.1 x the real gain (only A-queries look for 'previous token = A')",
+        all(abs(o) <= 0.1 * rg for o, rg in off)))
+    sae = []
+    for s in range(S):
+        clean, spliced, zero, l0, fvu, dead, m_tok, m_prev = a["2L.sae_scores"][s]
+        sae.append([r2(spliced), r2(clean), r2(zero), round(float(fvu), 3), r2(l0)])
+    checks.append(report.Check(
+        f"SAE on {SAE_HOOK} spliced in: repeated-token loss (clean, zero-ablated); FVU; L0", sae,
+        "loss recovered (zero - spliced) / (zero - clean) >= 0.9 and FVU <= 0.1 (SAELens's CE loss score)",
+        all((z - sp) >= 0.9 * (z - c) and f <= 0.1 for sp, c, z, f, _ in sae)))
+    mm = [[r2(a["2L.sae_scores"][s][6]), r2(a["2L.sae_scores"][s][7])] for s in range(S)]
+    checks.append(report.Check(
+        "SAE dictionary vs the circuit's directions: MMCS to the token embeddings, to the previous-token head's writes",
+        mm, ">= 0.8 each (two features per position: the token and the previous token; Elhage et al. 2021)",
+        all(t >= 0.8 and pw >= 0.8 for t, pw in mm)))
+    ab = [[r2(steer_gains(a, s)["matched"]), r2(steer_gains(a, s)["control"])] for s in range(S)]
+    checks.append(report.Check(
+        "ablating at J the SAE latent for 'previous token = A' (error term kept): share of the induction gain removed;"
+        " a latent for another token", ab, "matched >= 0.5, control <= 0.1",
+        all(m >= 0.5 and c <= 0.1 for m, c in ab)))
     return checks
 
 
@@ -1010,6 +1162,62 @@ FIGURES = [
 ]
 
 
+def fig_steering(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    sc = np.array(STEER_SCALES)
+    for s in range(cfg.n_seeds):
+        kw = lambda i: {"label": i if s == 0 else None}  # noqa: E731
+        h1 = circuit_heads(a, s)[0]
+        axes[0].plot(sc, a["2L.steer_lp"][s].mean(0), "o-", color=f"C{s}", lw=1, ms=3, label=f"seed {s}")
+        axes[0].axhline(a["2L.steer_real_lp"][s].mean(), color=f"C{s}", lw=0.8, ls="--", **kw("real edit x_(J-1) = A"))
+        axes[0].plot([1.0], [a["2L.steer_off_lp"][s].mean(0)[1]], "x", color=f"C{s}", ms=7, **kw("off-target C-query"))
+        axes[1].plot(sc, a["2L.steer_att"][s].mean(0)[:, h1], "o-", color=f"C{s}", lw=1, ms=3, label=f"seed {s}")
+        axes[1].axhline(a["2L.steer_real_att"][s].mean(0)[h1], color=f"C{s}", lw=0.8, ls="--",
+                        **kw("real edit"))
+    axes[0].set_ylabel("log-prob of x_J at query Q (token A)")
+    axes[0].set_title("Dose-response: the induction prediction")
+    axes[1].set_ylabel("induction head's attention Q -> J")
+    axes[1].set_title("Dose-response: where the induction head looks")
+    for ax in axes:
+        ax.set_xlabel("scale of the 'previous token = A' vector added at J")
+        ax.legend(fontsize=7)
+    return savefig(fig, path)
+
+
+def fig_sae(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import savefig
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    S = cfg.n_seeds
+    x = np.arange(S)
+    sc = a["2L.sae_scores"]
+    axes[0].bar(x - 0.2, sc[:, 6], 0.4, color="C0", label="token embeddings W_E[v]")
+    axes[0].bar(x + 0.2, sc[:, 7], 0.4, color="C3", label="previous-token head's writes W_E[v] W_OV")
+    axes[0].set_xticks(x, [f"seed {s}" for s in range(S)])
+    axes[0].set_ylim(0, 1)
+    axes[0].set_ylabel("MMCS (best decoder cosine, mean)")
+    axes[0].set_title(f"TopK SAE on {SAE_HOOK} vs the circuit's directions")
+    axes[0].legend(fontsize=7, loc="lower right")
+    base = a["2L.steer_lp"][:, :, 0].mean(1)
+    real = a["2L.steer_real_lp"].mean(1)
+    abl = a["2L.sae_ablation_lp"].mean(1)  # [seeds, 2]
+    for i, (vals, name, c) in enumerate(zip([base, real, abl[:, 0], abl[:, 1]],
+                                           ["x_(J-1) = B (no induction)", "x_(J-1) = A", "A, its latent ablated at J",
+                                            "A, another token's latent ablated"], ["C7", "C2", "C3", "C0"])):
+        axes[1].bar(x + (i - 1.5) * 0.2, vals, 0.2, color=c, label=name)
+    axes[1].set_xticks(x, [f"seed {s}" for s in range(S)])
+    axes[1].set_ylabel("log-prob of x_J at query Q")
+    axes[1].set_title("Ablating one SAE latent removes the induction prediction")
+    axes[1].legend(fontsize=7, loc="lower right")
+    return savefig(fig, path)
+
+
 FIGURES += [
     ("dla", fig_dla, "Direct logit attribution on [BOS] + R + R: each component's contribution to the correct next "
      "token's logit (minus the mean logit), exact because the model has no LayerNorm. On the second copy the "
@@ -1025,6 +1233,14 @@ FIGURES += [
      "patching (one forward per point), first R resampled as the corruption. Layer 1's outputs (z, v, pattern) "
      "reach the logits linearly, so the estimate is exact; queries and keys pass a softmax, and AtP* (red) "
      "recomputes it and lands on the line; layer 0 acts through layer 1's softmax, so there it is approximate."),
+    ("steering", fig_steering, "Steering: the mean difference of the residual before layer 1 at position J between "
+     "sequences with x_(J-1) = A and = B, added at J with a growing scale, in sequences where x_(J-1) = B. A later "
+     "A-query then attends to J and predicts x_J (left: log-prob; right: the induction head's attention), "
+     "approaching the real edit (dashed) near scale 1; a C-query (crosses) is unmoved."),
+    ("sae", fig_sae, "A TopK SAE on the residual before layer 1. Left: its decoder rows match the two kinds of "
+     "directions the circuit predicts there, the token embeddings and the previous-token head's writes. Right: "
+     "ablating the latent for 'previous token = A' at J (keeping the SAE's error) removes most of the induction "
+     "prediction at a later A-query; ablating another token's latent does not."),
 ]
 
 

@@ -231,7 +231,7 @@ def tms_model(cfg: Config, run: Run, name: str) -> tuple[np.ndarray, np.ndarray,
     the mean loss on ``8 x eval_samples`` fresh samples of the composed data.
     """
     n, m, density, _, _ = tms_sources(cfg)[name]
-    params = run.final_params(tms.init_params(jax.random.key(0), n, m), name)
+    params = run.final_params(jax.eval_shape(lambda: tms.init_params(jax.random.key(0), n, m)), name)
     hp = {"density": jnp.float32(density), "importance": jnp.ones(n), "relu": jnp.float32(1.0)}
     key = jax.random.key(cfg.seed + 99)
     sample = tms_sampler(cfg, name)
@@ -324,7 +324,7 @@ def train(cfg: Config, run: Run, *, progress: bool = True) -> dict[str, float]:
 
 def load_saes(run: Run, name: str, sae_cfg: S.SAEConfig) -> S.SAE:
     """A group's final SAEs, stacked ``[models, ...]``, read through the run."""
-    saes = run.final_params(S.init(jax.random.key(0), sae_cfg), name, key="sae")
+    saes = run.final_params(jax.eval_shape(lambda: S.init(jax.random.key(0), sae_cfg)), name, key="sae")
     return jax.tree.map(jnp.asarray, saes)
 
 

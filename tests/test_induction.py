@@ -105,7 +105,7 @@ def test_copying_score_signs():
 def test_smoke_end_to_end(smoke_run):
     run = smoke_run("induction")
     rep = json.loads((run / "report.json").read_text())
-    assert rep["experiment"] == "induction" and rep["n_checks"] == 11
+    assert rep["experiment"] == "induction" and rep["n_checks"] == 16
     assert len(rep["figures"]) == len(exp.FIGURES) and all(f["caption"] for f in rep["figures"])
     a = runs.open(run).analysis()
     cfg = exp.PRESETS["smoke"]
