@@ -1203,7 +1203,7 @@ def fig_sae(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     axes[0].set_ylim(0, 1)
     axes[0].set_ylabel("MMCS (best decoder cosine, mean)")
     axes[0].set_title(f"TopK SAE on {SAE_HOOK} vs the circuit's directions")
-    axes[0].legend(fontsize=7, loc="lower right")
+    axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     base = a["2L.steer_lp"][:, :, 0].mean(1)
     real = a["2L.steer_real_lp"].mean(1)
     abl = a["2L.sae_ablation_lp"].mean(1)  # [seeds, 2]
@@ -1213,8 +1213,8 @@ def fig_sae(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
         axes[1].bar(x + (i - 1.5) * 0.2, vals, 0.2, color=c, label=name)
     axes[1].set_xticks(x, [f"seed {s}" for s in range(S)])
     axes[1].set_ylabel("log-prob of x_J at query Q")
-    axes[1].set_title("Ablating one SAE latent removes the induction prediction")
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].set_title("Ablating the 'previous token = A' latent at J (error term kept)")
+    axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     return savefig(fig, path)
 
 
@@ -1239,8 +1239,9 @@ FIGURES += [
      "approaching the real edit (dashed) near scale 1; a C-query (crosses) is unmoved."),
     ("sae", fig_sae, "A TopK SAE on the residual before layer 1. Left: its decoder rows match the two kinds of "
      "directions the circuit predicts there, the token embeddings and the previous-token head's writes. Right: "
-     "ablating the latent for 'previous token = A' at J (keeping the SAE's error) removes most of the induction "
-     "prediction at a later A-query; ablating another token's latent does not."),
+     "ablating the latent for 'previous token = A' at J (keeping the SAE's error) lowers the induction "
+     "prediction at a later A-query where that latent matches the write well (seeds 0 and 1); ablating another "
+     "token's latent does nothing."),
 ]
 
 
