@@ -405,7 +405,7 @@ def toolbox(cfg: Config, model: tf.Transformer, ev: dict[str, jax.Array]) -> dic
     return out
 
 
-PROBE_EVERY = 4  # previous-token probes on every 4th snapshot (and the last): 4 fits per model each
+PROBE_EVERY = 8  # the previous-token probe on every 8th snapshot (and the last); its controls on the last only
 
 
 def probe_set(cfg: Config) -> dict[str, jax.Array]:
@@ -417,9 +417,11 @@ def probe_set(cfg: Config) -> dict[str, jax.Array]:
     return {"tokens": toks, "train": train, "test": test}
 
 
-def prev_token_probe(cfg: Config, model: tf.Transformer, ps: dict[str, jax.Array]) -> jax.Array:
+def prev_token_probe(cfg: Config, model: tf.Transformer, ps: dict[str, jax.Array], controls: bool = True
+                     ) -> jax.Array:
     """Held-out accuracy of a logistic probe for the previous token x_{t-1} at position t, in a 2-layer model:
-    ``[before layer 0, before layer 1, before layer 1 on shuffled labels]`` (chance 1/n_tokens)."""
+    ``[before layer 0, before layer 1, before layer 1 on shuffled labels]`` (chance 1/n_tokens), or only
+    ``[before layer 1]`` without the controls (each fit is 100 L-BFGS steps: the analysis's largest cost)."""
     hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
     _, cache = tf.run_with_cache(model, ps["tokens"], hooks)
     labels = (ps["tokens"][:, 1:-1] - 1).reshape(-1)
@@ -429,6 +431,8 @@ def prev_token_probe(cfg: Config, model: tf.Transformer, ps: dict[str, jax.Array
         x = x[:, 2:].reshape(-1, x.shape[-1])
         return probes.accuracy(probes.fit_logistic(x[tr], y[tr], cfg.n_tokens), x[te], y[te])
 
+    if not controls:
+        return acc(cache[hooks[1]], labels)[None]
     shuffled = probes.shuffled(jax.random.key(cfg.seed + 6002), labels)
     return jnp.stack([acc(cache[hooks[0]], labels), acc(cache[hooks[1]], labels), acc(cache[hooks[1]], shuffled)])
 
@@ -544,15 +548,18 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
             # the toolbox on the final models: DLA, attribution vs activation patching
             for k, v in jax.jit(jax.vmap(lambda m: toolbox(cfg, m, ev)))(final).items():
                 out[f"{group}.{k}"] = np.asarray(v)
-            # previous-token probe on the untrained models (row 0) and over training, in one compiled call
+            # previous-token probe before layer 1 on the untrained models (row 0) and over training, in one
+            # compiled call; with its controls (before layer 0, shuffled labels) on the final models
             ps = probe_set(cfg)
             idx = sorted(set(range(0, len(steps), PROBE_EVERY)) | {len(steps) - 1})
             init, _ = make_train(cfg, GROUPS[group])
             untrained = jax.jit(jax.vmap(lambda k: init(k, None)["params"]))(group_keys(cfg, group))
             some = jax.tree.map(lambda u, x: jnp.concatenate([u[None], x[np.array(idx)]]), untrained, models)
-            pr = np.asarray(jax.jit(lambda ms: jax.lax.map(jax.vmap(lambda m: prev_token_probe(cfg, m, ps)), ms))(some))
+            pr = np.asarray(jax.jit(lambda ms: jax.lax.map(jax.vmap(
+                lambda m: prev_token_probe(cfg, m, ps, controls=False)), ms))(some))[..., 0]
             out[f"{group}.probe_steps"] = steps[idx]
-            out[f"{group}.probe"], out[f"{group}.probe_untrained"] = pr[1:], pr[0]  # [snapshots, seeds, 3], [seeds, 3]
+            out[f"{group}.probe"], out[f"{group}.probe_untrained"] = pr[1:], pr[0]  # [snapshots, seeds], [seeds]
+            out[f"{group}.probe_final"] = np.asarray(jax.jit(jax.vmap(lambda m: prev_token_probe(cfg, m, ps)))(final))
             # steering and an SAE before layer 1, with each seed's previous-token head
             st, sae_tokens = steer_set(cfg), sae_set(cfg)
             prev_heads = jnp.asarray(scores["prev_token_score"][-1, :, 0].argmax(-1))
@@ -706,7 +713,7 @@ def toolbox_checks(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
         lens_final, f"the first two >= chance - 0.1 = {chance - 0.1:.2f} (the next token is independent of the "
         f"current and previous ones), the output <= {0.5 * chance:.2f}",
         all(x0 >= chance - 0.1 and x1 >= chance - 0.1 and x2 <= 0.5 * chance for x0, x1, x2 in lens_final)))
-    pr = [[round(float(x), 3) for x in a["2L.probe"][-1, s]] + [round(float(a["2L.probe_untrained"][s, 1]), 3)]
+    pr = [[round(float(x), 3) for x in a["2L.probe_final"][s]] + [round(float(a["2L.probe_untrained"][s]), 3)]
           for s in range(S)]
     lvl = 3 / cfg.n_tokens
     checks.append(report.Check(
@@ -1087,9 +1094,11 @@ def fig_probe(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     steps, pr = a["2L.probe_steps"], a["2L.probe"]
     for s in range(cfg.n_seeds):
         kw = lambda i: {"label": i if s == 0 else None}  # noqa: E731
-        ax.plot(steps, pr[:, s, 1], "-", color="C3", lw=1, **kw("probe before layer 1"))
-        ax.plot(steps, pr[:, s, 0], "-", color="C0", lw=1, **kw("probe before layer 0 (control)"))
-        ax.plot(steps, pr[:, s, 2], "-", color="C7", lw=1, **kw("shuffled labels (control)"))
+        ax.plot(steps, pr[:, s], "-", color="C3", lw=1, **kw("probe before layer 1"))
+        ax.plot([0], [a["2L.probe_untrained"][s]], "o", color="C3", ms=4, **kw("... on the untrained model"))
+        ax.plot([steps[-1]], [a["2L.probe_final"][s, 0]], "s", color="C0", ms=4,
+                **kw("probe before layer 0 (control, final)"))
+        ax.plot([steps[-1]], [a["2L.probe_final"][s, 2]], "^", color="C7", ms=4, **kw("shuffled labels (control, final)"))
         ax.plot(a["2L.steps"], a["2L.prev_token_score"][:, s, 0].max(-1), "--", color="k", lw=0.8,
                 **kw("previous-token score (best layer-0 head)"))
     ax.axhline(1 / cfg.n_tokens, color="grey", ls=":", lw=0.8, label=f"chance 1/{cfg.n_tokens}")
@@ -1227,8 +1236,8 @@ FIGURES += [
      "residual boundary. Before layer 0 and before layer 1 it cannot beat chance (the next token is independent of "
      "the current and previous tokens); at the output it falls at the phase change, in the 2-layer models only."),
     ("probe", fig_probe, "A logistic probe for the previous token at position t, held-out accuracy over training. "
-     "Before layer 1 it rises with the previous-token head (dashed); before layer 0 and on shuffled labels it "
-     "stays at chance, as it must."),
+     "Before layer 1 it rises with the previous-token head (dashed), from chance on the untrained model (dot); "
+     "on the final models, before layer 0 and on shuffled labels it is at chance, as it must be."),
     ("attribution", fig_attribution, "Attribution patching (two forward passes, one backward) against activation "
      "patching (one forward per point), first R resampled as the corruption. Layer 1's outputs (z, v, pattern) "
      "reach the logits linearly, so the estimate is exact; queries and keys pass a softmax, and AtP* (red) "
