@@ -68,6 +68,7 @@ def run_main(argv, capsys):
     return e.value.code, capsys.readouterr().err.strip()
 
 
+@pytest.mark.reads_smoke("superposition")
 def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path, capsys, smoke_run):
     run = tmp_path / "run"
     code, err = run_main(["analyze", "--preset", "smoke", "--out", str(run)], capsys)
@@ -83,6 +84,7 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path, capsys, s
     assert "corrupt" in err and "basic" in err
 
 
+@pytest.mark.reads_smoke("superposition")
 def test_different_config_is_refused_and_nothing_is_overwritten(capsys, smoke_run):
     run = smoke_run("superposition")
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}

@@ -3,9 +3,12 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from experiments import superposition as exp
 
 
+@pytest.mark.reads_smoke("superposition")
 def test_smoke_end_to_end(smoke_run):
     run = smoke_run("superposition")
     figs = Path(f"{run}-figures")
@@ -29,6 +32,7 @@ def test_smoke_end_to_end(smoke_run):
     assert ckpts == {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*") if p.is_file()}
 
 
+@pytest.mark.reads_smoke("superposition")
 def test_strict_fails_on_failed_checks(smoke_run, capsys):
     # 200 smoke steps cannot reproduce the paper, so --strict must turn that into exit 1
     run = smoke_run("superposition")
