@@ -1040,7 +1040,7 @@ def fig_dla(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     labels = lens.resid_labels(model_config(cfg, 2))
     d = a["2L.dla"][0]  # [components, positions]
     first, second = copy_halves(a)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11.5, 3.4), gridspec_kw={"width_ratios": [2.2, 1], "wspace": 0.35})
     lim = float(np.abs(d).max())
     im = ax.imshow(d, aspect="auto", cmap="coolwarm", vmin=-lim, vmax=lim, interpolation="nearest")
     ax.set_yticks(range(len(labels)), ["direct (W_E)" if n == "embed" else n for n in labels])
@@ -1116,7 +1116,7 @@ def fig_attribution(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     from toylab.plotting import savefig
 
     names = ("z", "q", "k", "v", "pattern")
-    fig, axes = plt.subplots(2, len(names), figsize=(13, 5.2))
+    fig, axes = plt.subplots(2, len(names), figsize=(13, 5.6), gridspec_kw={"hspace": 0.45, "wspace": 0.35})
     for l in range(2):
         for j, n in enumerate(names):
             ax = axes[l, j]
@@ -1128,6 +1128,8 @@ def fig_attribution(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
             lim = max(float(np.abs(ap).max()), 1e-6)
             ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.7, label="y = x")
             ax.set_title(f"layer {l} {n}", fontsize=9)
+            ax.locator_params(axis="x", nbins=3)
+            ax.tick_params(axis="x", labelsize=7)
             if l == 1:
                 ax.set_xlabel("activation patching")
             if j == 0:
