@@ -194,6 +194,11 @@ def test_an_exact_sae_spliced_in_changes_nothing_and_ablating_a_latent_removes_i
     s = jax.jit(lambda m: S.splice_scores(m, toks, name, exact, loss_fn))(model)
     np.testing.assert_allclose(s["spliced"], s["clean"], rtol=1e-5)
     np.testing.assert_allclose(s["recovered"], 1.0, atol=1e-4)
+    # an SAE that reconstructs zero, spliced in, is the zero-ablation
+    blank = S.SAE(exact.W_enc, exact.b_enc, jnp.zeros_like(exact.W_dec), exact.b_dec, exact.threshold, exact.cfg)
+    z = S.splice_scores(model, toks, name, blank, loss_fn)
+    np.testing.assert_allclose(z["spliced"], z["zero_ablated"], rtol=1e-6)
+    assert abs(float(z["spliced"] - z["clean"])) > 1e-3
     # Ablating latent i (neuron i's positive part) is zeroing neuron i (post-ReLU, so >= 0), at one position.
     i, pos = 5, 2
     _, cache = tf.run_with_cache(model, toks, [name], fwd_hooks=[S.ablate_latent_hook(name, exact, i, position=pos)])
