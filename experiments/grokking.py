@@ -4,7 +4,9 @@ A one-layer transformer learns (a + b) mod 113 from 30% of all pairs. It memoris
 first (train loss falls, test loss rises), then forms a Fourier-multiplication circuit
 while test loss stays flat, then cleans the memorisation up and test loss falls
 suddenly: grokking. The analysis reads the circuit out of the weights and measures
-it over every checkpoint.
+it over every checkpoint, then reads it again with the lab's interpretability verbs
+(direct logit attribution, probes over training, steering, attribution patching, an
+SAE on the neurons: ``toolbox_seed``).
 
     python -m experiments.grokking all --preset paper --out runs/grokking
 

@@ -4,7 +4,10 @@ Sequences of random tokens, each holding one repeated span of varying length and
 offset. A 2-layer attention-only model sits on a plateau, then its loss on the
 repeated tokens drops abruptly: at that moment a previous-token head appears in
 layer 0 and an induction head in layer 1, joined by K-composition. A 1-layer model
-trained the same way never leaves the plateau.
+trained the same way never leaves the plateau. The analysis also reads the circuit
+with the lab's interpretability verbs: DLA, the logit lens and a previous-token probe
+over training, attribution patching (``toolbox``), steering and an SAE before layer 1
+(``steer_and_sae``).
 
     python -m experiments.induction all --preset paper --out runs/induction
 
