@@ -217,6 +217,11 @@ def token_losses(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
 
 
+def repeated_loss(logits: jax.Array, tokens: jax.Array, rep: jax.Array) -> jax.Array:
+    """Mean next-token loss over the positions ``rep [batch, T-1]`` marks (the repeated tokens)."""
+    return jnp.sum(token_losses(logits, tokens) * rep) / rep.sum()
+
+
 # ---------------------------------------------------------------------------
 # Train
 # ---------------------------------------------------------------------------
@@ -318,7 +323,7 @@ def head_scores(model: tf.Transformer, ev: dict[str, jax.Array], cfg: Config) ->
         "rrt_repeated_loss": jnp.sum(rrt_losses * ev["rrt_rep"]) / ev["rrt_rep"].sum(),
         "rrt_loss_by_position": rrt_losses.mean(0),
         # logit lens: repeated-token loss read at each residual boundary
-        "lens_loss": jax.vmap(lambda lg: jnp.sum(token_losses(lg, ev["rrt"]) * ev["rrt_rep"]) / ev["rrt_rep"].sum())(lensed),
+        "lens_loss": jax.vmap(lambda lg: repeated_loss(lg, ev["rrt"], ev["rrt_rep"]))(lensed),
         "prev_token_score": prev,
         "induction_score": induction,
         "copying_score": copying_scores(model),
@@ -508,10 +513,7 @@ def steer_and_sae(cfg: Config, model: tf.Transformer, ev: dict[str, jax.Array], 
     ev_ = saes.evaluate(sae, x)
     rrt, rep = ev["rrt"], ev["rrt_rep"]
 
-    def rep_loss(logits):
-        return jnp.sum(token_losses(logits, rrt) * rep) / rep.sum()
-
-    sc = saes.splice_scores(model, rrt, SAE_HOOK, sae, rep_loss)
+    sc = saes.splice_scores(model, rrt, SAE_HOOK, sae, lambda lg: repeated_loss(lg, rrt, rep))
     out |= {"sae_scores": jnp.stack([sc["clean"], sc["spliced"], sc["zero_ablated"], ev_["l0"], ev_["fvu"],
                                      ev_["dead"].astype(jnp.float32), saes.mmcs(sae.W_dec, W_E),
                                      saes.mmcs(sae.W_dec, prev_writes)])}
@@ -572,8 +574,7 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
             out.update({f"{group}.{k}": np.asarray(v) for k, v in more.items()})
 
         def rep_loss(logits):
-            losses = token_losses(logits, rrt)
-            return jnp.sum(losses * rep) / rep.sum()
+            return repeated_loss(logits, rrt, rep)
 
         # zero-ablate each head's output (hook_z) on [BOS] + R + R: one vmapped grid per model
         out[f"{group}.ablation"] = np.asarray(jax.jit(jax.vmap(
@@ -586,7 +587,7 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
         # spans also put the second copy at positions no training repeat reaches (dst >= repeat_min + 1).
         fits = [L for L in EVAL_LENGTHS if 1 + 2 * L <= cfg.seq_len]
         rep_losses = jax.jit(jax.vmap(jax.vmap(  # [seeds, token sets]
-            lambda m, t, r: jnp.sum(token_losses(tf.forward(m, t), t) * r) / r.sum(), (None, 0, 0)), (0, None, None)))
+            lambda m, t, r: repeated_loss(tf.forward(m, t), t, r), (None, 0, 0)), (0, None, None)))
         for where in ("length_loss", "length_start_loss"):
             held = np.full((n_models(cfg, group), len(EVAL_LENGTHS)), np.nan)
             out[f"{group}.{where}"] = held  # [seeds, lengths]; NaN where a length does not fit
