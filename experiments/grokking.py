@@ -296,10 +296,12 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
             fourier.excluded_logits(L, Dk)[train_idx], y[train_idx]) for Dk in D_each])
     out.update({f"ckpt_{k}": np.array(v) for k, v in per.items()})
     n = len(epochs)
-    out["ckpt_gini_W_E"] = np.array([fourier.gini(fourier.frequency_norms(fourier.component_norms(
-        F, np.asarray(models.embed.W_E[t])[:p]))) for t in range(n)])
-    out["ckpt_gini_W_L"] = np.array([fourier.gini(fourier.frequency_norms(fourier.component_norms(
-        F, weight_l(_index(models, t)).T))) for t in range(n)])
+    # Fourier component norms of W_E and W_L at every snapshot: the Gini progress measure and the animation
+    out["ckpt_W_E_norms"] = np.stack([fourier.component_norms(F, np.asarray(models.embed.W_E[t])[:p])
+                                      for t in range(n)])
+    out["ckpt_W_L_norms"] = np.stack([fourier.component_norms(F, weight_l(_index(models, t)).T) for t in range(n)])
+    out["ckpt_gini_W_E"] = np.array([fourier.gini(fourier.frequency_norms(x)) for x in out["ckpt_W_E_norms"]])
+    out["ckpt_gini_W_L"] = np.array([fourier.gini(fourier.frequency_norms(x)) for x in out["ckpt_W_L_norms"]])
     out["ckpt_sum_sq"] = np.array([sum_sq(_index(models, t)) for t in range(n)])
     return out
 
@@ -1089,6 +1091,59 @@ def fig_sae(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     return savefig(fig, path)
 
 
+ANIMATION_FRAMES = 60  # frames of the training animation, spread over the first ANIMATION_UNTIL of training
+ANIMATION_UNTIL = 0.4  # share of training the animation covers (the paper preset's cleanup ends near 14k of 40k)
+
+
+def anim_training(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    """GIF: W_E's and W_L's Fourier spectra sharpening onto the key frequencies, the loss with a cursor."""
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import save_animation
+
+    epochs = a["epochs"]
+    last = max(1, np.searchsorted(epochs, ANIMATION_UNTIL * epochs[-1], side="right"))
+    frames = np.unique(np.linspace(0, last - 1, min(ANIMATION_FRAMES, last)).round().astype(int))
+    keys = a["s0.key_freqs"]
+    key_idx = {i for k in keys for i in (2 * k - 1, 2 * k)}
+    colors = ["C3" if i in key_idx else "C0" for i in range(cfg.p)]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    bars = []
+    for ax, name, title in ((axes[0], "s0.ckpt_W_E_norms", "Embedding W_E"), (axes[1], "s0.ckpt_W_L_norms",
+                                                                                 "Neuron-logit map W_L")):
+        norms = a[name]
+        bars.append(ax.bar(np.arange(cfg.p), norms[0], color=colors, width=1.0))
+        ax.set_ylim(0, 1.05 * norms[frames].max())
+        ax.set_xticks([0] + [2 * k - 1 for k in keys], ["const"] + [f"cos {k}" for k in keys], rotation=90,
+                      fontsize=7)
+        ax.set_xlabel("Fourier component (red: final key frequencies)")
+        ax.set_ylabel("norm")
+        ax.set_title(title)
+    e = np.arange(a["log_loss"].shape[1])
+    test = ~np.isnan(a["log_test_loss"][0])
+    axes[2].plot(e, a["log_loss"][0], color="C0", lw=1, label="train")
+    axes[2].plot(e[test], a["log_test_loss"][0][test], color="C3", lw=1, label="test")
+    axes[2].set_yscale("log")
+    axes[2].set_xlim(0, epochs[frames[-1]])
+    axes[2].set_xlabel("epoch")
+    axes[2].set_ylabel("cross-entropy loss")
+    axes[2].set_title("Loss")
+    axes[2].legend(loc="lower left", fontsize=8)
+    cursor = axes[2].axvline(0, color="k", lw=1)
+    fig.suptitle("Grokking: the weights' Fourier spectra sharpen onto a few key frequencies")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+
+    def update(i: int):
+        t = frames[i]
+        for bar, name in zip(bars, ("s0.ckpt_W_E_norms", "s0.ckpt_W_L_norms")):
+            for rect, h in zip(bar, a[name][t]):
+                rect.set_height(h)
+        cursor.set_xdata([epochs[t], epochs[t]])
+        axes[2].set_title(f"Loss (epoch {int(epochs[t]):,})")
+
+    return save_animation(fig, update, len(frames), path)
+
+
 FIGURES = [
     ("loss", fig_loss, "Train (blue) and test (red) loss and accuracy, log scale. The model memorises its 30% in "
      "a few hundred epochs while test loss rises far above chance; long after, test loss falls suddenly: "
@@ -1127,6 +1182,9 @@ FIGURES = [
     ("sae", fig_sae, "A TopK SAE on the MLP neurons over all inputs. Left: most alive latents act on the logits "
      "within one frequency (purity near 1). Right: the pure latents' phases per key frequency: several latents "
      "tile each circle, a feature manifold rather than a list of discrete features."),
+    ("training.gif", anim_training, "Animation over the first 40% of training: the Fourier spectra of W_E (left) "
+     "and W_L (middle) start flat (random weights), sharpen onto the key frequencies (red) during circuit "
+     "formation while test loss is still high, and the rest dies away in cleanup, as the test loss falls (right)."),
 ]
 
 

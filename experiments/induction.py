@@ -604,6 +604,12 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
         out[f"{group}.placement_loss"] = np.asarray(rep_losses(final, jnp.stack([t for t, _ in sets]),
                                                                jnp.stack([m for _, m in sets])))  # [seeds, 3]
         _, cache = jax.vmap(lambda m: tf.run_with_cache(m, rrt[:1], lambda n: n.endswith("hook_pattern")))(final)
+        if GROUPS[group] == 2:  # seed 0's attention over training on the same sequence, for the animation
+            seed0 = jax.tree.map(lambda x: x[:, 0], models)
+            _, hist = jax.jit(jax.vmap(lambda m: tf.run_with_cache(m, rrt[:1], lambda n: n.endswith("hook_pattern"))))(
+                seed0)
+            out[f"{group}.pattern_history"] = np.stack([np.asarray(hist[f"blocks.{l}.attn.hook_pattern"])[:, 0]
+                                                        for l in range(GROUPS[group])], 1).astype(np.float16)
         out[f"{group}.final_patterns"] = np.stack([np.asarray(cache[f"blocks.{l}.attn.hook_pattern"])[:, 0]
                                                    for l in range(GROUPS[group])], 1)  # [seeds, layers, heads, q, k]
         out[f"{group}.rrt_tokens"] = np.asarray(rrt[0])
@@ -1177,6 +1183,46 @@ FIGURES = [
 ]
 
 
+ANIMATION_FRAMES = 50  # frames of the training animation (snapshots, evenly spaced)
+
+
+def anim_training(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    """GIF: seed 0's previous-token and induction heads' attention on [BOS] + R + R over training, the loss
+    on the repeated tokens with a cursor."""
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import save_animation
+
+    steps, P = a["2L.steps"], a["2L.pattern_history"].astype(np.float32)  # [T, layers, heads, q, k]
+    frames = np.unique(np.linspace(0, len(steps) - 1, min(ANIMATION_FRAMES, len(steps))).round().astype(int))
+    h1, h0 = circuit_heads(a, 0)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.2]})
+    ims = []
+    for ax, (l, h, name) in zip(axes, ((0, h0, "previous-token head"), (1, h1, "induction head"))):
+        ims.append(ax.imshow(P[0, l, h], cmap="viridis", vmin=0, vmax=1))
+        ax.set_title(f"{l}.{h}: {name}")
+        ax.set_xlabel("key position")
+        ax.set_ylabel("query position")
+    _shade(axes[2], a, cfg)
+    axes[2].plot(a["2L.log_steps"], a["2L.log_repeated_loss"][0], color="C3", lw=1, label="2-layer, seed 0")
+    axes[2].axhline(float(a["chance"]), color="grey", ls=":", lw=1, label="chance")
+    axes[2].set_xlabel("training step")
+    axes[2].set_ylabel("loss on repeated tokens (nats)")
+    axes[2].legend(loc="lower left", fontsize=8)
+    cursor = axes[2].axvline(0, color="k", lw=1)
+    fig.suptitle(f"Induction heads form: attention on [BOS] + R + R (|R| = {int(a['rrt_len'])}) over training")
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+
+    def update(i: int):
+        t = frames[i]
+        for im, (l, h) in zip(ims, ((0, h0), (1, h1))):
+            im.set_data(P[t, l, h])
+        cursor.set_xdata([steps[t], steps[t]])
+        axes[2].set_title(f"step {int(steps[t]):,}")
+
+    return save_animation(fig, update, len(frames), path)
+
+
 def fig_steering(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -1257,6 +1303,10 @@ FIGURES += [
      "ablating the latent for 'previous token = A' at J (keeping the SAE's error) lowers the induction "
      "prediction at a later A-query where that latent matches the write well (seeds 0 and 1); ablating another "
      "token's latent does nothing."),
+    ("training.gif", anim_training, "Animation over training, seed 0: on the plateau both heads attend diffusely "
+     "(mostly to BOS); at the phase change (shaded) the layer-0 head snaps onto the previous token (the "
+     "sub-diagonal) and, at the same moment, the layer-1 head onto the token after the current token's earlier "
+     "occurrence (the off-diagonal stripe in the second copy), as the repeated-token loss falls (right)."),
 ]
 
 

@@ -292,7 +292,8 @@ def train(cfg: Config, run: Run, *, progress: bool = True) -> dict[str, float]:
         pc = S.SAEConfig(d_in=2, d_sae=5, architecture="standard", dead_window=500,
                          resample_every=cfg.pentagon_resample_every, resample_until=0.8 if resampled else 0.0)
         train_saes(cfg, run, f"pentagon.{'resampled' if resampled else 'plain'}", pc, pentagon,
-                   _grid((cfg.pentagon_l1,), k), cfg.pentagon_steps, GROUP_IDS["pentagon"], progress)
+                   _grid((cfg.pentagon_l1,), k), cfg.pentagon_steps, GROUP_IDS["pentagon"], progress,
+                   snapshots=True)  # decoder snapshots: the animation's frames
     Wb, _, big_density = tms_model(cfg, run, "tms.big")
     Wb_j = jnp.asarray(Wb)
 
@@ -372,6 +373,8 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
         saes = load_saes(run, f"pentagon.{variant}", pc)
         m = evaluate_group(saes, hs, truth, np.zeros(cfg.pentagon_instances), False)
         out[f"pentagon.{variant}.W_dec"] = np.asarray(saes.W_dec)
+        steps, snaps = run.snapshots({"W_dec": saes.W_dec[0]}, f"pentagon.{variant}")
+        out[f"pentagon.{variant}.steps"], out[f"pentagon.{variant}.W_dec_history"] = steps, snaps["W_dec"]
         for k_, v in m.items():
             out[f"pentagon.{variant}.{k_}"] = v
     best = int(np.argmax(out["pentagon.resampled.recovered_99"] * 10 - out["pentagon.resampled.fvu"]))
@@ -642,6 +645,41 @@ def fig_pentagon(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     return savefig(fig, path)
 
 
+def anim_pentagon(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    """GIF: the pentagon SAEs' decoder rows (with resampling) converging onto the true feature directions."""
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import save_animation
+
+    steps, H = a["pentagon.resampled.steps"], a["pentagon.resampled.W_dec_history"]  # [T], [T, SAEs, 5, 2]
+    k = min(4, H.shape[1])
+    fig, axes = plt.subplots(1, k, figsize=(2.8 * k, 3.2), squeeze=False)
+    lines = []
+    for i, ax in enumerate(axes[0]):
+        for j, w in enumerate(a["pentagon.W"]):
+            u = w / max(np.linalg.norm(w), 1e-9)
+            ax.plot([0, u[0]], [0, u[1]], color="k", lw=3, alpha=0.3, label="true direction W_i" if j == 0 else None)
+        lines.append([ax.plot([0, d[0]], [0, d[1]], color=f"C{j}", lw=1.5, label="decoder row" if j == 0 else None)[0]
+                      for j, d in enumerate(H[0, i])])
+        ax.set_xlim(-1.15, 1.15)
+        ax.set_ylim(-1.15, 1.15)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"SAE {i}")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    title = fig.suptitle("")
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+
+    def update(t: int):
+        for i in range(k):
+            for line, d in zip(lines[i], H[t, i]):
+                line.set_data([0, d[0]], [0, d[1]])
+        title.set_text(f"SAE decoder rows on the pentagon's hidden space, step {int(steps[t]):,} of {len(steps) and int(steps[-1]):,}")
+
+    return save_animation(fig, update, len(steps), path, fps=4)
+
+
 def fig_jumprelu(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     """L0 against the JumpReLU coefficient, per width, with seeds."""
     import matplotlib.pyplot as plt
@@ -739,6 +777,9 @@ FIGURES = [
      "compositions, and a recovery claim on such data would be false. Right: the pentagon SAE as a tool; "
      "ablating one latent (keeping the error term) should change the output of its matching feature (boxed) "
      "and leave the others."),
+    ("pentagon.gif", anim_pentagon, "Animation of four pentagon SAEs (with resampling) over training. The decoder "
+     "rows start as random directions, swing towards the model's five feature directions (grey) as the L1 "
+     "penalty makes each input use one latent, and lock on; resampling restarts a latent that never fires."),
 ]
 
 

@@ -34,6 +34,7 @@ import optax
 from toylab import config, experiment, report, tms
 from toylab.analysis import superposition as sp
 from toylab.config import require
+from toylab.exercise import Exercise
 from toylab.runs import Run
 from toylab.train import Schedule, model_keys, on_cpu, train_models
 
@@ -49,6 +50,7 @@ class Config:
     lr: float = 1e-3  # AdamW learning rate, constant (the notebook's schedule)
     weight_decay: float = 1e-2  # torch AdamW's default, used by the notebook; optax's default is 1e-4
     checkpoint_every: int = 1000  # steps per compiled lax.scan; a checkpoint is written after each
+    intro_snapshot_every: int = 200  # steps between the intro models' parameter snapshots (the animation's frames)
     log_every: int = 100  # the loss is averaged over windows of this many steps and logged
     seed: int = 0  # root PRNG seed: every model's key is derived from it and its index
     intro_n_features: int = 5  # n of the introduction figure
@@ -81,6 +83,10 @@ class Config:
                 f"a multiple of checkpoint_every={self.checkpoint_every}", self.n_steps)
         require(self.checkpoint_every % self.log_every == 0, "checkpoint_every",
                 f"a multiple of log_every={self.log_every}", self.checkpoint_every)
+        require(self.intro_snapshot_every > 0 and self.checkpoint_every % self.intro_snapshot_every == 0
+                and self.intro_snapshot_every % self.log_every == 0, "intro_snapshot_every",
+                f"a divisor of checkpoint_every={self.checkpoint_every} and a multiple of log_every={self.log_every}",
+                self.intro_snapshot_every)
         for part in ("intro", "basic", "geometry"):
             n, m = getattr(self, f"{part}_n_features"), getattr(self, f"{part}_n_hidden")
             require(n >= 1, f"{part}_n_features", ">= 1", n)
@@ -101,7 +107,8 @@ class Config:
 PRESETS: dict[str, Config] = {
     "paper": Config(),
     # Seconds on a laptop: every stage runs, nothing is expected to match the paper.
-    "smoke": Config(n_steps=200, batch_size=128, checkpoint_every=100, log_every=20, intro_seeds=1,
+    "smoke": Config(n_steps=200, batch_size=128, checkpoint_every=100, log_every=20, intro_snapshot_every=20,
+                    intro_seeds=1,
                     intro_densities=(1.0, 0.1), basic_densities=(1.0, 0.1, 0.01), basic_seeds=1,
                     phase_n_r=3, phase_n_density=3, phase_seeds=2, geometry_n_features=20,
                     geometry_n_hidden=4, geometry_n_densities=4, best_fit_samples=2**14),
@@ -186,11 +193,16 @@ def train(cfg: Config, run: Run, *, groups=GROUPS, devices=None, progress=True) 
     for group in groups:
         n, m, hp, _ = group_models(cfg, group)
         init, step = make_train(cfg, n, m)
+        # The intro models also keep parameter snapshots, the frames of the animation: shorter
+        # chunks, with the full state still written every checkpoint_every steps.
+        every = cfg.intro_snapshot_every if group == "intro" else cfg.checkpoint_every
         t = time.perf_counter()
         train_models(
             directory=run.checkpoints(group), init=init, step=step,
             keys=group_keys(cfg, group, len(hp["density"])), per_model=jax.tree.map(jnp.asarray, hp),
-            schedule=Schedule(cfg.n_steps, cfg.checkpoint_every, cfg.log_every),
+            schedule=Schedule(cfg.n_steps, every, cfg.log_every, resume_every=cfg.checkpoint_every // every),
+            snapshot=(lambda state: state["params"]) if group == "intro" else None,
+            snapshot_dir=run.params(group) if group == "intro" else None,
             meta={"config_hash": config.config_hash(cfg), "group": group}, devices=devices,
             progress=progress, desc=f"superposition/{group} ({len(hp['density'])} models {n}->{m})",
             models_per_call=on_cpu(MODELS_PER_CALL.get(group)),
@@ -265,6 +277,10 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
                                                   == np.argmin(expected.reshape(-1, seeds), 1))
             final = expected
         Wb, bb = _best(W, final, seeds), _best(b, final, seeds)
+        if group == "intro":  # the drawn fits over training, for the animation
+            steps, snaps = run.snapshots(jax.eval_shape(lambda: tms.init_params(jax.random.key(0), n, m)), group)
+            out["intro.snapshot_steps"] = steps
+            out["intro.W_history"] = np.stack([_best(w, final, seeds) for w in snaps["W"]])  # [T, cells, n, m]
         out[f"{group}.W"], out[f"{group}.b"] = Wb, bb
         out[f"{group}.norms"] = sp.feature_norms(Wb)
         out[f"{group}.superposition"] = sp.superposition(Wb)
@@ -499,6 +515,42 @@ def fig_geometry(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     return savefig(fig, path)
 
 
+def anim_intro(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
+    """GIF: the drawn 5-to-2 fits' feature directions over training, one panel per sparsity."""
+    import matplotlib.pyplot as plt
+
+    from toylab.plotting import save_animation
+
+    steps, H = a["intro.snapshot_steps"], a["intro.W_history"]  # [T], [T, cells, n, 2]
+    dens = a["intro.density"]
+    n = cfg.intro_n_features
+    colors = plt.cm.viridis(np.linspace(0, 0.9, n))
+    fig, axes = plt.subplots(1, len(dens), figsize=(2.9 * len(dens), 3.4), squeeze=False)
+    lines = []
+    for i, (ax, d) in enumerate(zip(axes[0], dens)):
+        lines.append([ax.plot([0, H[0, i, j, 0]], [0, H[0, i, j, 1]], color=colors[j], lw=2, marker="o", ms=3,
+                              markevery=[1], label=f"feature {j}" if i == 0 else None)[0] for j in range(n)])
+        ax.set_xlim(-1.5, 1.5)
+        ax.set_ylim(-1.5, 1.5)
+        ax.set_aspect("equal")
+        ax.axhline(0, color="0.85", lw=0.5, zorder=0)
+        ax.axvline(0, color="0.85", lw=0.5, zorder=0)
+        ax.set_title(f"S = {1 - d:.2f} (1-S = {d:g})")
+        ax.set_xlabel("hidden dim 0")
+        ax.set_ylabel("hidden dim 1" if i == 0 else "")
+    fig.legend(loc="lower center", ncol=n, fontsize=8)
+    title = fig.suptitle("")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.92))
+
+    def update(t: int):
+        for i in range(len(dens)):
+            for j, line in enumerate(lines[i]):
+                line.set_data([0, H[t, i, j, 0]], [0, H[t, i, j, 1]])
+        title.set_text(f"{n} features in 2 dimensions over training: step {int(steps[t]):,} of {cfg.n_steps:,}")
+
+    return save_animation(fig, update, len(steps), path)
+
+
 FIGURES = [
     ("intro", fig_intro, "Each line is a feature's direction W_i in the 2-D hidden space (colour: importance). "
      "Dense: only the two most important features get a dimension. At S = 0.8 more features share the plane "
@@ -513,6 +565,10 @@ FIGURES = [
     ("geometry", fig_geometry, "Left: dimensions per feature D* stays at 1, then sticks at 1/2 (antipodal pairs) "
      "over a range of sparsity before falling. Right: each feature's dimensionality clusters on the fractions "
      "of regular polytopes (1/2 digons, 2/5 pentagons, 2/3 triangles, 3/4 tetrahedra)."),
+    ("intro.gif", anim_intro, "Animation of the introduction's fits over training (colour: feature, darkest the "
+     "most important). From small random directions, the dense model grows the two most important features "
+     "into orthogonal axes and shrinks the rest to zero; sparser models spread more features around the circle, "
+     "first as antipodal pairs, then as the pentagon."),
 ]
 
 
@@ -526,8 +582,71 @@ def plot(cfg: Config, run: Run) -> list[report.Figure]:
 # ---------------------------------------------------------------------------
 
 
+# The reading group's exercises (``make exercises``): the other figures' models shrunk to seconds.
+_SMALL = ("--phase-n-r", "2", "--phase-n-density", "2", "--phase-seeds", "2", "--geometry-n-features", "20",
+          "--geometry-n-hidden", "4", "--geometry-n-densities", "2")
+
+
+def _intro_cell(a: dict[str, np.ndarray], density: float) -> int:
+    return int(np.argmin(np.abs(a["intro.density"] - density)))
+
+
+def _check_equal(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
+    n = int(a["intro.n_represented"][_intro_cell(a, 0.2)])
+    return report.Check("5->2 with equal importances at 1-S = 0.2: features represented (||W_i|| > 0.5)", n,
+                        "5: all five, a pentagon (with importances 0.9^i: 4)", n == 5)
+
+
+def _check_steep(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
+    i = _intro_cell(a, 0.05)
+    W, norms = a["intro.W"][i], a["intro.norms"][i]
+    kept = np.flatnonzero(norms > 0.5)
+    angles = np.sort(np.degrees(np.arctan2(W[kept, 1], W[kept, 0])) % 360)
+    gaps = np.diff(np.append(angles, angles[0] + 360)) if kept.size else np.array([360.0])
+    worst = float(np.abs(gaps - 90).max())
+    return report.Check("5->2 with importances 0.5^i at 1-S = 0.05: features represented; the least important's "
+                        "norm; max |adjacent angle - 90 deg|", [int(kept.size), round(float(norms[-1]), 3),
+                                                                 round(worst, 1)],
+                        "4 features at right angles (two antipodal pairs, within 5 deg), feature 4 dropped "
+                        "(norm < 0.1)", bool(kept.size == 4 and norms[-1] < 0.1 and worst <= 5))
+
+
+EXERCISES = [
+    Exercise(
+        name="superposition-equal-importance", experiment="superposition", title="every feature equally important",
+        question="In the paper's 5-to-2 model, feature i has importance 0.9^i, and at S = 0.8 the model represents "
+                 "four of the five features. Make every feature equally important (importance 1). At S = 0.8, "
+                 "how many features will the model represent, and in what shape?",
+        args=("--intro-importance-decay", "1.0", *_SMALL),
+        check_text="all five features represented at 1-S = 0.2, where the paper's importances give four",
+        check=_check_equal,
+        answer="All five, on a regular pentagon, already at S = 0.8. With equal importances no feature is cheap "
+               "to drop, and the symmetric arrangement has the lowest loss once features are sparse enough "
+               "that interference is rare. With decaying importance, the least valuable features are the first "
+               "left out: importance and sparsity together decide what gets represented (Elhage et al. 2022, "
+               "'Demonstrating Superposition'). The dense model still keeps only two features, but which two is "
+               "now arbitrary.",
+        minutes=2),
+    Exercise(
+        name="superposition-steep-importance", experiment="superposition", title="importance that falls fast",
+        question="Now make importance fall steeply: feature i has importance 0.5^i, so feature 4 is worth 1/16 of "
+                 "feature 0. At S = 0.95, where the paper's model makes a pentagon, what will the model do?",
+        args=("--intro-importance-decay", "0.5", *_SMALL),
+        check_text="four features at right angles (two antipodal pairs) and the least important dropped, "
+                   "at 1-S = 0.05",
+        check=_check_steep,
+        answer="It drops feature 4 and packs the other four as two antipodal pairs at right angles (a square), "
+               "not a pentagon. An antipodal pair interferes only through the ReLU's negative side, which the "
+               "bias cuts off, so pairs are the cheapest superposition; a pentagon costs every feature some "
+               "interference, worth paying only when the fifth feature is worth enough. The geometry follows "
+               "importance, not only sparsity (Elhage et al. 2022, 'The Geometry of Superposition').",
+        minutes=2),
+]
+
+
 main = experiment.main_for(name="superposition", doc=__doc__, Config=Config, presets=PRESETS, train=train,
-                           analyze=analyze, check=check, plot=plot, figures=FIGURES)
+                           analyze=analyze, check=check, plot=plot, figures=FIGURES,
+                           guide_template=Path(__file__).parent / "guides" / "superposition.md", exercises=EXERCISES)
 
 if __name__ == "__main__":
     config.main_guard(main)

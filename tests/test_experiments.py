@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from experiments import EXPERIMENTS
-from toylab import config, runs
+from toylab import config, experiment, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ["Config", "Data", "Model", "Train", "Analyse", "Plot", "Main"]
@@ -22,7 +22,7 @@ def module(name):
 
 
 def test_every_experiment_module_is_listed():
-    modules = {p.stem for p in (ROOT / "experiments").glob("*.py")} - {"__init__", "bench", "bench_torch"}
+    modules = {p.stem for p in (ROOT / "experiments").glob("*.py")} - {"__init__", "bench", "bench_torch", "exercises"}
     assert modules == set(EXPERIMENTS)
 
 
@@ -81,7 +81,7 @@ def test_smoke_run_end_to_end(name, smoke_run):
     assert rep["experiment"] == name and rep["preset"] == "smoke"
     assert rep["n_checks"] >= 5 and all({"name", "measured", "expected", "passed"} <= set(c) for c in rep["checks"])
     assert all(c["expected"] and "§" not in c["expected"] or "et al." in c["expected"] for c in rep["checks"])
-    assert [Path(f["path"]).stem for f in rep["figures"]] == [f for f, _, _ in exp.FIGURES]
+    assert [Path(f["path"]).name for f in rep["figures"]] == [experiment.figure_file(f) for f, _, _ in exp.FIGURES]
     for f in rep["figures"]:
         assert f["caption"] and run.path(f["path"]).stat().st_size > 10_000
         assert (Path(f"{run.root}-figures") / Path(f["path"]).name).exists()

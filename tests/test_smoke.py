@@ -16,7 +16,7 @@ def test_smoke_end_to_end(smoke_run):
     assert rep["experiment"] == "superposition" and rep["preset"] == "smoke"
     assert rep["config"]["n_steps"] == exp.PRESETS["smoke"].n_steps
     assert rep["n_checks"] >= 6 and all({"name", "measured", "expected", "passed"} <= set(c) for c in rep["checks"])
-    assert len(rep["figures"]) == 4 and all(f["caption"] for f in rep["figures"])
+    assert len(rep["figures"]) == 5 and all(f["caption"] for f in rep["figures"])
     assert rep["provenance"]["packages"]["jax"]
     for f in rep["figures"]:
         assert (run / f["path"]).stat().st_size > 10_000

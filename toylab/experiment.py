@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from toylab import config, report, runs
+from toylab import config, guide, report, runs
 from toylab import train as training
 from toylab.runs import Run
 
@@ -41,8 +41,13 @@ def _read_json(path: Path, default: Any) -> Any:
 def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
              train: Callable[..., dict[str, float]], analyze: Callable[[Any, Run], dict[str, Any]],
              check: Callable[[Any, Any], list[report.Check]], plot: Callable[[Any, Run], list[report.Figure]],
-             figures: Sequence[tuple[str, Callable, str]]) -> Callable[[Sequence[str] | None], int]:
-    """The ``main(argv)`` of experiment ``name``: ``STAGE --preset P --out DIR [--strict] [--figures DIR]``."""
+             figures: Sequence[tuple[str, Callable, str]], guide_template: Path | None = None,
+             exercises: Sequence[Any] = ()) -> Callable[[Sequence[str] | None], int]:
+    """The ``main(argv)`` of experiment ``name``: ``STAGE --preset P --out DIR [--strict] [--figures DIR]``.
+
+    With ``--figures DIR`` the report's JSON is copied there too, and for the paper preset
+    the reading-group guide ``DIR/README.md`` is rendered from ``guide_template`` with it.
+    """
 
     def main(argv: Sequence[str] | None = None) -> int:
         args, cfg = config.parse_cli(Config, presets, argv, f"experiments.{name}", doc.split("\n\n")[0])
@@ -89,16 +94,26 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
         if not checks_path.exists():
             return 0
         checks = [report.Check(**c) for c in json.loads(checks_path.read_text())]
-        figs = [report.Figure(f"figures/{fig}.png", cap) for fig, _, cap in figures
-                if (run.figures / f"{fig}.png").exists()]
+        figs = [report.Figure(f"figures/{figure_file(fig)}", cap) for fig, _, cap in figures
+                if (run.figures / figure_file(fig)).exists()]
         rep = report.write(run.root, experiment=name, preset=preset, config=config.to_dict(cfg), checks=checks,
                            figures=figs, wall_time_s=times,
                            extra={"provenance": _read_json(run.path("provenance.json"), None)})
+        if args.figures and args.stage in ("plot", "all"):
+            # The committed copy of the report, which the reading-group guide's numbers come from.
+            shutil.copyfile(run.path("report.json"), args.figures / "report.json")
+            if preset == "paper" and guide_template is not None:
+                guide.write(guide_template, args.figures, exercises)
         print(report.table(rep))
-        print(f"report: {run.path('report.md')}")
+        print(f"report: {run.path('report.md')} (and report.html: open it in a browser)")
         return 1 if args.strict and rep["n_passed"] < rep["n_checks"] else 0
 
     return main
+
+
+def figure_file(name: str) -> str:
+    """A FIGURES entry's file name: ``"loss"`` is a PNG, ``"training.gif"`` an animation."""
+    return name if "." in name else f"{name}.png"
 
 
 def render(cfg: Any, run: Run, figures: Sequence[tuple[str, Callable, str]]) -> list[report.Figure]:
@@ -109,6 +124,6 @@ def render(cfg: Any, run: Run, figures: Sequence[tuple[str, Callable, str]]) -> 
     out = []
     with style():
         for fig, fn, caption in figures:
-            fn(cfg, a, run.figures / f"{fig}.png")
-            out.append(report.Figure(f"figures/{fig}.png", caption))
+            fn(cfg, a, run.figures / figure_file(fig))
+            out.append(report.Figure(f"figures/{figure_file(fig)}", caption))
     return out

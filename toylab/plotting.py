@@ -4,6 +4,7 @@ Figures use the Agg backend and carry no timestamps, so the same results give th
 same bytes; a figure function takes saved analysis arrays and never retrains.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -35,5 +36,21 @@ def savefig(fig: "plt.Figure", path: Path) -> Path:
     """Save ``fig`` as a deterministic PNG (no software/date metadata) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata={"Software": None}, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_animation(fig: "plt.Figure", update: "Callable[[int], object]", n_frames: int, path: Path,
+                   fps: int = 8) -> Path:
+    """Write ``update(0..n_frames-1)`` as a looping GIF with Pillow (plays inline on GitHub and in
+    slides; no system dependency) and close the figure.
+
+    Frames are drawn at a modest dpi so an animation stays well under a few megabytes.
+    """
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    anim = FuncAnimation(fig, update, frames=n_frames, blit=False)
+    anim.save(path, writer=PillowWriter(fps=fps), dpi=72)
     plt.close(fig)
     return path

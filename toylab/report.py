@@ -5,7 +5,9 @@ and as the rule applied) and whether it passed. Bands come from each paper (cite
 the check's text) and are fixed before a run; they are never adjusted to make a run pass.
 """
 
+import base64
 import dataclasses
+import html
 import json
 import platform
 import subprocess
@@ -100,7 +102,79 @@ def write(
     lines += ["## Config", "", "```json", json.dumps(config, indent=2), "```", "",
               "## Wall time (s)", "", *(f"- {k}: {v:.1f}" for k, v in wall_time_s.items()), ""]
     (run_dir / "report.md").write_text("\n".join(lines))
+    (run_dir / "report.html").write_text(to_html(report, run_dir))
     return report
+
+
+_CSS = """
+body { font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 980px;
+       margin: 2em auto; padding: 0 1em; color: #1f2328; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; }
+tr.pass td.result { background: #dafbe1; color: #116329; font-weight: 600; }
+tr.fail td.result { background: #ffebe9; color: #a40e26; font-weight: 600; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-style: italic; color: #424a53; }
+pre { background: #f6f8fa; padding: .8em; overflow-x: auto; font-size: 12px; }
+.summary { font-size: 1.1em; }
+"""
+
+# Counts the images that decoded, so a headless browser can tell that every one loads.
+_SCRIPT = """
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
+  document.body.setAttribute("data-images", imgs.length);
+  document.body.setAttribute("data-images-loaded", ok);
+});
+"""
+
+_MIME = {".png": "image/png", ".gif": "image/gif", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}
+
+
+def to_html(report: dict[str, Any], run_dir: Path) -> str:
+    """The report as one self-contained HTML page (images embedded), to open from disk or mail."""
+    e = html.escape
+    rows = "\n".join(
+        f'<tr class="{"pass" if c["passed"] else "fail"}"><td>{e(c["name"])}</td><td>{e(_fmt(c["measured"]))}</td>'
+        f'<td>{e(c["expected"])}</td><td class="result">{"pass" if c["passed"] else "FAIL"}</td></tr>'
+        for c in report["checks"])
+    figs = []
+    for f in report["figures"]:
+        path = Path(run_dir) / f["path"]
+        if not path.exists():
+            continue
+        data = base64.b64encode(path.read_bytes()).decode()
+        mime = _MIME.get(path.suffix, "application/octet-stream")
+        figs.append(f'<figure><img alt="{e(path.stem)}" src="data:{mime};base64,{data}">'
+                    f'<figcaption>{e(f["caption"])}</figcaption></figure>')
+    extra = {k: v for k, v in report.items()
+             if k not in ("experiment", "preset", "config", "wall_time_s", "figures", "checks", "n_passed", "n_checks")}
+    walls = "".join(f"<li>{e(k)}: {v:.1f} s</li>" for k, v in report["wall_time_s"].items())
+    title = f"{report['experiment']}: report ({report['preset']} preset)"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
+<body><h1>{e(title)}</h1>
+<p class="summary"><b>{report["n_passed"]} of {report["n_checks"]}</b> checks against the paper passed.</p>
+<h2>Checks</h2>
+<table><thead><tr><th>check</th><th>measured</th><th>paper</th><th>result</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+<h2>Figures</h2>
+{"".join(figs)}
+<h2>Config</h2>
+<pre>{e(json.dumps(report["config"], indent=2))}</pre>
+<h2>Wall time</h2>
+<ul>{walls}</ul>
+<h2>Provenance</h2>
+<pre>{e(json.dumps(extra, indent=2, default=_fmt))}</pre>
+<script>{_SCRIPT}</script>
+</body></html>
+"""
 
 
 def table(report: dict[str, Any]) -> str:
