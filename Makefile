@@ -10,7 +10,7 @@ ARGS   ?=
 
 EXPERIMENTS := superposition grokking induction sae
 
-.PHONY: setup $(EXPERIMENTS) test bench smoke clean
+.PHONY: setup $(EXPERIMENTS) exercises test bench smoke clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ $(EXPERIMENTS): %: $(STAMP)
 # Every experiment's smoke preset, seconds each: every stage runs, nothing matches the paper.
 smoke: $(STAMP)
 	@for e in $(EXPERIMENTS); do $(PY) -m experiments.$$e all --preset smoke --out runs/smoke/$$e || exit 1; done
+
+# Predict, then run: every guide's exercises (or one: make exercises NAME=grokking-more-data), each
+# followed by its check of the prediction, and a table of outcomes at the end. All of them: about 40 min.
+exercises: $(STAMP)
+	$(PY) -m experiments.exercises $(NAME)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

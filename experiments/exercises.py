@@ -4,6 +4,7 @@
     python -m experiments.exercises grokking-no-weight-decay   # one, by name
     python -m experiments.exercises --list           # names and questions
     python -m experiments.exercises --smoke NAME     # the same change at smoke scale (seconds; tests)
+    python -m experiments.exercises --write-guides   # re-render figures/*/README.md from the committed reports
 
 Each exercise is defined beside its experiment (``EXERCISES`` in the experiment module)
 and runs into ``runs/exercises/<name>`` (resuming like any run); after it, the
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toylab import report
+from toylab import guide, report
 from toylab.exercise import Exercise
 
 EXPERIMENTS = ("superposition", "grokking", "induction", "sae")
@@ -51,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     smoke = "--smoke" in args
     exercises = all_exercises()
     by_name = {ex.name: ex for ex in exercises}
+    if "--write-guides" in args:
+        for name in EXPERIMENTS:
+            mod = importlib.import_module(f"experiments.{name}")
+            print(guide.write(Path(mod.__file__).parent / "guides" / f"{name}.md", Path("figures") / name,
+                              mod.EXERCISES))
+        return 0
     if "--list" in args:
         for ex in exercises:
             print(f"{ex.name:34s} {ex.question}")

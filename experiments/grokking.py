@@ -38,6 +38,7 @@ from toylab import sae as saes
 from toylab import transformer as tf
 from toylab.analysis import fourier
 from toylab.config import require
+from toylab.exercise import Exercise
 from toylab.runs import Run
 from toylab.train import Schedule, train_models
 
@@ -1197,8 +1198,68 @@ def plot(cfg: Config, run: Run) -> list[report.Figure]:
 # Main
 # ---------------------------------------------------------------------------
 
+# The reading group's exercises (``make exercises``): shorter runs of the paper's model.
+
+
+def _final_test(a: dict[str, np.ndarray]) -> tuple[float, float]:
+    """Seed 0's last logged test accuracy and test loss."""
+    acc, loss = a["log_test_acc"][0], a["log_test_loss"][0]
+    return float(acc[~np.isnan(acc)][-1]), float(loss[~np.isnan(loss)][-1])
+
+
+def _check_no_wd(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
+    acc, loss = _final_test(a)
+    train_loss = float(a["log_loss"][0][-1])
+    return report.Check("no weight decay, epoch 7,000: train loss; test accuracy; test loss",
+                        [float(f"{train_loss:.3g}"), round(acc, 3), round(loss, 2)],
+                        "memorised (train loss < 1e-3) but not generalised: test accuracy < 0.5 (with weight "
+                        "decay 1: 1.0 by epoch 7,000)", bool(train_loss < 1e-3 and acc < 0.5))
+
+
+def _check_more_data(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
+    epochs = np.arange(a["log_test_loss"].shape[1])
+    grok = first_below(a["log_test_loss"][0], epochs, 1.0)
+    acc, _ = _final_test(a)
+    return report.Check("50% of pairs: first epoch test loss < 1; test accuracy at the end", [grok, round(acc, 3)],
+                        "groks within 4,000 epochs, test accuracy > 0.99 (with 30% of pairs: test loss < 1 only "
+                        "after epoch 5,000)", bool(grok < 4000 and acc > 0.99))
+
+
+EXERCISES = [
+    Exercise(
+        name="grokking-no-weight-decay", experiment="grokking", title="no weight decay",
+        question="Train the same model on the same 30% of pairs, with weight decay 0 instead of 1, for 7,000 epochs "
+                 "(with weight decay 1, the test accuracy reaches 1.0 by then). Will it memorise? Will it "
+                 "generalise?",
+        args=("--weight-decay", "0", "--n-steps", "7000"),
+        smoke_args=("--weight-decay", "0"),
+        check_text="the training set memorised, the test set not: test accuracy below 0.5 at epoch 7,000",
+        check=_check_no_wd,
+        answer="It memorises as fast as before, and the test accuracy stays near chance. Nothing pushes it off the "
+               "memorising solution: both solutions fit the training set, and only weight decay prefers the "
+               "general algorithm's smaller weight norm. Nanda et al. 2023 (appendix) report no grokking at "
+               "weight decay 0 within their 40,000 epochs, and the excluded loss never rising. (Power et al. "
+               "2022 did see grokking without weight decay, but after about a million steps.)",
+        minutes=9),
+    Exercise(
+        name="grokking-more-data", experiment="grokking", title="more training data",
+        question="Train on 50% of all pairs instead of 30%, for 4,000 epochs. With 30%, the test loss falls below 1 "
+                 "only after epoch 5,000. Sooner, later, or never?",
+        args=("--frac-train", "0.5", "--n-steps", "4000"),
+        smoke_args=("--frac-train", "0.5"),
+        check_text="test loss below 1 before epoch 4,000, and test accuracy above 0.99 at the end",
+        check=_check_more_data,
+        answer="Sooner. Memorising half of all pairs costs far more weight norm than memorising 30%, while the "
+               "general algorithm costs the same; weight decay tips the balance earlier. Nanda et al. 2023 "
+               "(appendix) sweep the fraction: from 60% the model generalises almost at once, 30 to 50% groks, "
+               "and 10 to 20% does not generalise within 40,000 epochs.",
+        minutes=7),
+]
+
+
 main = experiment.main_for(name="grokking", doc=__doc__, Config=Config, presets=PRESETS, train=train,
-                           analyze=analyze, check=check, plot=plot, figures=FIGURES)
+                           analyze=analyze, check=check, plot=plot, figures=FIGURES,
+                           guide_template=Path(__file__).parent / "guides" / "grokking.md", exercises=EXERCISES)
 
 if __name__ == "__main__":
     config.main_guard(main)

@@ -46,6 +46,7 @@ from toylab import transformer as tf
 from toylab.analysis.attention import (composition_baseline, composition_scores, copying_scores, induction_score,
                                        prev_token_score)
 from toylab.config import require
+from toylab.exercise import Exercise, find
 from toylab.runs import Run
 from toylab.train import Schedule, model_keys, on_cpu, train_models
 
@@ -1319,8 +1320,44 @@ def plot(cfg: Config, run: Run) -> list[report.Figure]:
 # Main
 # ---------------------------------------------------------------------------
 
+# The reading group's exercises (``make exercises``): two 2-layer seeds and one control, to fit 10 minutes.
+_FEWER = ("--n-seeds", "2", "--n-control-seeds", "1")
+
+
+def _check_one_head(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
+    drops = [round(float(r[3]), 2) for r in find(rep, "2-layer: repeated-token loss plateau")["measured"]]
+    ablated = [round(float(min(r[1], r[2])), 2) for r in find(rep, "repeated-token loss on [BOS]+R+R")["measured"]]
+    chance = float(a["chance"])
+    return report.Check("one head per layer: drop in repeated-token loss per seed; loss with either head ablated "
+                        "(the lower of the two) per seed", [drops, ablated],
+                        f"the circuit forms (drop >= 2 nats in every seed) and has no backup: ablating either head "
+                        f"gives >= 90% of chance ({0.9 * chance:.2f} nats)",
+                        bool(min(drops) >= 2 and min(ablated) >= 0.9 * chance))
+
+
+EXERCISES = [
+    Exercise(
+        name="induction-one-head", experiment="induction", title="one head per layer",
+        question="The circuit needs a previous-token head and an induction head. Give the 2-layer model one head "
+                 "per layer instead of two. Will the circuit still form? If it does, what happens to the loss "
+                 "when you ablate either head?",
+        args=("--n-heads", "1", *_FEWER),
+        smoke_args=("--n-heads", "1"),
+        check_text="the repeated-token loss drops by at least 2 nats in every seed, and ablating either head sends "
+                   "it back to (near) chance",
+        check=_check_one_head,
+        answer="It forms: two heads are all the circuit needs, one in each layer (Elhage et al. 2021 find the same "
+               "circuit in their two-layer attention-only models). The phase change comes somewhat later than "
+               "with two heads per layer, and the circuit has no redundancy: with two heads per layer, both "
+               "layer-1 heads often become induction heads and ablating one leaves the other; here, ablating "
+               "either head undoes in-context learning completely.",
+        minutes=8),
+]
+
+
 main = experiment.main_for(name="induction", doc=__doc__, Config=Config, presets=PRESETS, train=train,
-                           analyze=analyze, check=check, plot=plot, figures=FIGURES)
+                           analyze=analyze, check=check, plot=plot, figures=FIGURES,
+                           guide_template=Path(__file__).parent / "guides" / "induction.md", exercises=EXERCISES)
 
 if __name__ == "__main__":
     config.main_guard(main)

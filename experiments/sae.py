@@ -41,6 +41,7 @@ from toylab import config, experiment, report, tms
 from toylab import sae as S
 from toylab.analysis import superposition as sp
 from toylab.config import require
+from toylab.exercise import Exercise
 from toylab.runs import Run
 from toylab.train import Schedule, model_keys, train_models
 
@@ -793,8 +794,41 @@ def plot(cfg: Config, run: Run) -> list[report.Figure]:
 # ---------------------------------------------------------------------------
 
 
+# The reading group's exercises (``make exercises``): the synthetic grid cut to what each question needs.
+_ONE_SYNTHETIC = ("--architectures", "standard", "--l1-coefficients", "0.1", "--widths", "1.0", "--n-seeds", "1")
+
+
+def _check_no_l1(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
+    rec, fvu = a["pentagon.resampled.recovered_99"], a["pentagon.resampled.fvu"]
+    return report.Check("pentagon SAEs with lambda 0: directions recovered at cos > 0.99, most in any SAE; "
+                        "largest FVU", [int(rec.max()), float(f"{fvu.max():.2g}")],
+                        "no SAE finds more than 3 of the 5 (with lambda 0.4: 7 of 8 find all 5), while "
+                        "reconstructing almost perfectly (FVU < 0.01)", bool(rec.max() <= 3 and fvu.max() < 0.01))
+
+
+EXERCISES = [
+    Exercise(
+        name="sae-no-sparsity-penalty", experiment="sae", title="no sparsity penalty",
+        question="Train the pentagon SAEs (5 latents on the 5-to-2 model's 2-D hidden space) with no L1 penalty "
+                 "(lambda 0 instead of 0.4). Will they reconstruct better or worse? Will their decoder rows "
+                 "still line up with the five features?",
+        args=("--pentagon-l1", "0", *_ONE_SYNTHETIC),
+        smoke_args=("--pentagon-l1", "0", "--architectures", "standard", "--l1-coefficients", "0.1"),
+        check_text="almost perfect reconstruction (FVU < 0.01) but no SAE recovering more than 3 of the 5 "
+                   "directions",
+        check=_check_no_l1,
+        answer="Reconstruction becomes essentially perfect (two of the five latents already span the plane) and "
+               "the directions are lost: each input is spread over two or three latents in whatever basis the "
+               "initialisation suggested. Without the penalty nothing prefers one latent per feature. The "
+               "sparsity penalty, not the reconstruction, is what makes an SAE's latents line up with features "
+               "(Sharkey et al. 2022; Bricken et al. 2023).",
+        minutes=3),
+]
+
+
 main = experiment.main_for(name="sae", doc=__doc__, Config=Config, presets=PRESETS, train=train,
-                           analyze=analyze, check=check, plot=plot, figures=FIGURES)
+                           analyze=analyze, check=check, plot=plot, figures=FIGURES,
+                           guide_template=Path(__file__).parent / "guides" / "sae.md", exercises=EXERCISES)
 
 if __name__ == "__main__":
     config.main_guard(main)
