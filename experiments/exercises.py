@@ -57,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             mod = importlib.import_module(f"experiments.{name}")
             print(guide.write(Path(mod.__file__).parent / "guides" / f"{name}.md", Path("figures") / name,
                               mod.EXERCISES))
+        readme = Path("README.md")
+        reports = {n: json.loads((Path("figures") / n / "report.json").read_text()) for n in EXPERIMENTS}
+        readme.write_text(guide.fill_readme(readme.read_text(), reports))
+        print(readme)
         return 0
     if "--list" in args:
         for ex in exercises:

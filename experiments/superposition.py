@@ -626,7 +626,7 @@ EXERCISES = [
                "left out: importance and sparsity together decide what gets represented (Elhage et al. 2022, "
                "'Demonstrating Superposition'). The dense model still keeps only two features, but which two is "
                "now arbitrary.",
-        minutes=2),
+        minutes=1),
     Exercise(
         name="superposition-steep-importance", experiment="superposition", title="importance that falls fast",
         question="Now make importance fall steeply: feature i has importance 0.5^i, so feature 4 is worth 1/16 of "
@@ -640,7 +640,7 @@ EXERCISES = [
                "bias cuts off, so pairs are the cheapest superposition; a pentagon costs every feature some "
                "interference, worth paying only when the fifth feature is worth enough. The geometry follows "
                "importance, not only sparsity (Elhage et al. 2022, 'The Geometry of Superposition').",
-        minutes=2),
+        minutes=1),
 ]
 
 

@@ -157,3 +157,13 @@ def test_an_unknown_exercise_is_refused(capsys):
 
 def test_figure_files():
     assert experiment.figure_file("loss") == "loss.png" and experiment.figure_file("training.gif") == "training.gif"
+
+
+def test_readme_check_tables_come_from_the_committed_reports():
+    reports = {n: json.loads((ROOT / "figures" / n / "report.json").read_text()) for n in EXPERIMENTS}
+    text = (ROOT / "README.md").read_text()
+    assert text.count("<!-- checks: ") == len(EXPERIMENTS)
+    assert guide.fill_readme(text, reports) == text  # python -m experiments.exercises --write-guides refreshes them
+    for name in EXPERIMENTS:  # the gallery links every guide and shows an animation
+        assert f"(figures/{name}/README.md)" in text and any(f"(figures/{name}/{g.name})" in text
+                                                             for g in (ROOT / "figures" / name).glob("*.gif"))

@@ -98,6 +98,27 @@ def exercises_markdown(exercises: Sequence[Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def checks_table(report: dict[str, Any]) -> str:
+    """The report's checks as a Markdown table (the README's per-experiment tables are these)."""
+    rows = ["| check | measured | paper | result |", "|---|---|---|---|"]
+    for c in report["checks"]:
+        rows.append(f"| {c['name']} | {_number(c['measured'], None)} | {c['expected']} | "
+                    f"{'pass' if c['passed'] else '**FAIL**'} |")
+    return "\n".join(rows)
+
+
+_BLOCK = re.compile(r"(<!-- checks: (\S+) -->\n)(.*?)(<!-- /checks -->)", re.S)
+
+
+def fill_readme(text: str, reports: dict[str, dict[str, Any]]) -> str:
+    """Replace every ``<!-- checks: NAME -->...<!-- /checks -->`` block with NAME's checks table."""
+    def fill(m: re.Match) -> str:
+        rep = reports[m.group(2)]
+        return (f"{m.group(1)}{rep['n_passed']} of {rep['n_checks']} checks pass on the paper preset "
+                f"(committed run):\n\n{checks_table(rep)}\n{m.group(4)}")
+    return _BLOCK.sub(fill, text)
+
+
 def write(template: Path, figures_dir: Path, exercises: Sequence[Any] = ()) -> Path:
     """Render ``template`` with ``figures_dir/report.json`` into ``figures_dir/README.md``."""
     report = json.loads((figures_dir / "report.json").read_text())
