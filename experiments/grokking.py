@@ -1141,6 +1141,7 @@ def anim_training(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
                 rect.set_height(h)
         cursor.set_xdata([epochs[t], epochs[t]])
         axes[2].set_title(f"Loss (epoch {int(epochs[t]):,})")
+        return [*(rect for bar in bars for rect in bar), cursor, axes[2].title]
 
     return save_animation(fig, update, len(frames), path)
 

@@ -1220,6 +1220,7 @@ def anim_training(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
             im.set_data(P[t, l, h])
         cursor.set_xdata([steps[t], steps[t]])
         axes[2].set_title(f"step {int(steps[t]):,}")
+        return [*ims, cursor, axes[2].title]
 
     return save_animation(fig, update, len(frames), path)
 

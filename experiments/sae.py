@@ -676,7 +676,8 @@ def anim_pentagon(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
         for i in range(k):
             for line, d in zip(lines[i], H[t, i]):
                 line.set_data([0, d[0]], [0, d[1]])
-        title.set_text(f"SAE decoder rows on the pentagon's hidden space, step {int(steps[t]):,} of {len(steps) and int(steps[-1]):,}")
+        title.set_text(f"SAE decoder rows on the pentagon's hidden space, step {int(steps[t]):,} of {int(steps[-1]):,}")
+        return [*(line for ls in lines for line in ls), title]
 
     return save_animation(fig, update, len(steps), path, fps=4)
 

@@ -525,7 +525,7 @@ def anim_intro(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     dens = a["intro.density"]
     n = cfg.intro_n_features
     colors = plt.cm.viridis(np.linspace(0, 0.9, n))
-    fig, axes = plt.subplots(1, len(dens), figsize=(2.9 * len(dens), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(dens), figsize=(2.9 * len(dens), 3.8), squeeze=False)
     lines = []
     for i, (ax, d) in enumerate(zip(axes[0], dens)):
         lines.append([ax.plot([0, H[0, i, j, 0]], [0, H[0, i, j, 1]], color=colors[j], lw=2, marker="o", ms=3,
@@ -540,13 +540,14 @@ def anim_intro(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
         ax.set_ylabel("hidden dim 1" if i == 0 else "")
     fig.legend(loc="lower center", ncol=n, fontsize=8)
     title = fig.suptitle("")
-    fig.tight_layout(rect=(0, 0.08, 1, 0.92))
+    fig.tight_layout(rect=(0, 0.1, 1, 0.93))
 
     def update(t: int):
         for i in range(len(dens)):
             for j, line in enumerate(lines[i]):
                 line.set_data([0, H[t, i, j, 0]], [0, H[t, i, j, 1]])
         title.set_text(f"{n} features in 2 dimensions over training: step {int(steps[t]):,} of {cfg.n_steps:,}")
+        return [*(line for ls in lines for line in ls), title]
 
     return save_animation(fig, update, len(steps), path)
 

@@ -12,7 +12,7 @@ cannot drift from the figures beside it:
     {{expected:<check>}}          the band the check applied (the paper's number)
     {{result:<check>}}            pass or FAIL
     {{config:<field>}}            a config field of the run
-    {{caption:<figure>}}          a figure's caption from the report
+    {{caption:<figure>}}          a figure's caption: ``loss`` for loss.png, ``training.gif``
     {{n_passed}} {{n_checks}}     the report's totals
     {{exercises}}                 the experiment's predict-then-run exercises
 
@@ -67,7 +67,7 @@ def render(template: str, report: dict[str, Any], exercises: Sequence[Any] = ())
                 raise GuideError(f"guide placeholder config:{arg} is not a config field of {report['experiment']}")
             v = report["config"][arg]
         elif kind == "caption":
-            hits = [f["caption"] for f in report["figures"] if Path(f["path"]).stem == arg]
+            hits = [f["caption"] for f in report["figures"] if Path(f["path"]).name in (arg, f"{arg}.png")]
             if len(hits) != 1:
                 raise GuideError(f"guide placeholder caption:{arg} names no figure of {report['experiment']}")
             v = hits[0]
