@@ -41,7 +41,7 @@ from toylab import config, experiment, report, tms
 from toylab import sae as S
 from toylab.analysis import superposition as sp
 from toylab.config import require
-from toylab.exercise import Exercise
+from toylab.exercise import Exercise, find
 from toylab.runs import Run
 from toylab.train import Schedule, model_keys, train_models
 
@@ -807,6 +807,14 @@ def _check_no_l1(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
                         "reconstructing almost perfectly (FVU < 0.01)", bool(rec.max() <= 3 and fvu.max() < 0.01))
 
 
+def _check_dense(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
+    lam, found = find(rep, "synthetic ")["measured"]
+    n = int(rep["config"]["n_features"])
+    return report.Check("20 active features per sample: the best coefficient, and the features it recovers at "
+                        "cos > 0.9 (width 2n)", [lam, found],
+                        f"fewer than 90% of the {n} (with 5 active: all {n})", bool(found < 0.9 * n))
+
+
 EXERCISES = [
     Exercise(
         name="sae-no-sparsity-penalty", experiment="sae", title="no sparsity penalty",
@@ -823,6 +831,22 @@ EXERCISES = [
                "initialisation suggested. Without the penalty nothing prefers one latent per feature. The "
                "sparsity penalty, not the reconstruction, is what makes an SAE's latents line up with features "
                "(Sharkey et al. 2022; Bricken et al. 2023).",
+        minutes=3),
+    Exercise(
+        name="sae-denser-features", experiment="sae", title="denser features",
+        question="In the synthetic data, 5 of the 128 features are active in an average sample, and the best "
+                 "standard SAE recovers all 128. Make them four times denser: 20 active on average. Will the best "
+                 "SAE still recover them all? Will the best sparsity coefficient move?",
+        args=("--mean-active", "20", "--architectures", "standard", "--widths", "2.0", "--n-seeds", "1"),
+        smoke_args=("--mean-active", "6", "--architectures", "standard"),
+        check_text="the best standard SAE (width 2n) recovers fewer than 90% of the 128 features",
+        check=_check_dense,
+        answer="No: when this exercise was written, the best coefficient (1.0, against 0.3 before) recovered "
+               "91 of 128. With 20 of 128 features active in 64 dimensions, each input is a sum "
+               "of many nearly-orthogonal directions whose interference no longer averages out, so even a "
+               "perfect dictionary cannot read off which features are on from a sparse code: sparse recovery "
+               "needs the number of active features to be small against the dimension. SAEs work because "
+               "real features are sparse, and how sparse matters.",
         minutes=3),
 ]
 

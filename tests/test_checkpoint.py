@@ -48,9 +48,12 @@ def final_states(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
 def test_kill_and_resume_is_bitwise_identical(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert cli(whole, "train").returncode == 0
-    r = cli(killed, "train", env={"TOYLAB_KILL_AFTER_CHUNKS": "1"})
-    assert r.returncode == -9, r.stderr[-500:]  # SIGKILL after the first chunk's checkpoint
     cfg = exp.PRESETS["smoke"]
+    # the intro group runs in chunks of intro_snapshot_every steps and writes its full state every
+    # checkpoint_every: SIGKILL right after that first full checkpoint
+    chunks = cfg.checkpoint_every // cfg.intro_snapshot_every
+    r = cli(killed, "train", env={"TOYLAB_KILL_AFTER_CHUNKS": str(chunks)})
+    assert r.returncode == -9, r.stderr[-500:]
     assert checkpoint.steps(runs.Run(killed).checkpoints("intro")) == [cfg.checkpoint_every]
     assert not runs.Run(killed).checkpoints("basic").exists()
     r = cli(killed, "train")  # the same command again resumes
