@@ -1336,6 +1336,15 @@ def _check_one_head(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
                         bool(min(drops) >= 2 and min(ablated) >= 0.9 * chance))
 
 
+def _check_low_lr(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
+    drops = [round(float(r[3]), 2) for r in find(rep, "2-layer: repeated-token loss plateau")["measured"]]
+    scores = [round(float(x), 3) for x in find(rep, "final best layer-1 induction score")["measured"][0]]
+    return report.Check("lr 3e-4, step 8,000: drop in repeated-token loss per seed; best induction score per seed",
+                        [drops, scores], "still on the plateau: drop < 1 nat and induction score < 0.2 in every "
+                        "seed (with lr 1e-3: drops of 3.6 nats, scores 0.5..0.6)",
+                        bool(max(drops) < 1 and max(scores) < 0.2))
+
+
 EXERCISES = [
     Exercise(
         name="induction-one-head", experiment="induction", title="one head per layer",
@@ -1353,6 +1362,23 @@ EXERCISES = [
                "layer-1 heads often become induction heads and ablating one leaves the other; here, ablating "
                "either head undoes in-context learning completely.",
         minutes=8),
+    Exercise(
+        name="induction-lower-learning-rate", experiment="induction", title="a third of the learning rate",
+        question="With learning rate 1e-3 the phase change comes at about step 5,000 of 8,000. Train with 3e-4 "
+                 "instead, for the same 8,000 steps. Will the phase change come at the same step, later but "
+                 "within the run, or not at all?",
+        args=("--lr", "3e-4", *_FEWER),
+        smoke_args=("--lr", "3e-4"),
+        check_text="no phase change within 8,000 steps: the repeated-token loss drops by less than 1 nat and no "
+                   "layer-1 head scores above 0.2 as an induction head",
+        check=_check_low_lr,
+        answer="Not at all within the run: when this exercise was written, both seeds were still on the plateau "
+               "at step 8,000 (drops of about 0.2 nats, induction scores 0.06). The plateau is a stretch of "
+               "slow progress that the optimiser has to cross, and with smaller steps it crosses it more slowly; "
+               "so the step at which a phase change appears says as much about the optimiser as about the task. "
+               "Olsson et al. 2022 see their phase change at about the same point of training across model "
+               "sizes, for one training setup; a different learning rate is a different setup.",
+        minutes=5),
 ]
 
 
