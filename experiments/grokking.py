@@ -1211,10 +1211,10 @@ def _final_test(a: dict[str, np.ndarray]) -> tuple[float, float]:
 def _check_no_wd(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
     acc, loss = _final_test(a)
     train_loss = float(a["log_loss"][0][-1])
-    return report.Check("no weight decay, epoch 7,000: train loss; test accuracy; test loss",
+    return report.Check("no weight decay, epoch 6,000: train loss; test accuracy; test loss",
                         [float(f"{train_loss:.3g}"), round(acc, 3), round(loss, 2)],
                         "memorised (train loss < 1e-3) but not generalised: test accuracy < 0.5 (with weight "
-                        "decay 1: 1.0 by epoch 7,000)", bool(train_loss < 1e-3 and acc < 0.5))
+                        "decay 1: 0.85 at epoch 6,000)", bool(train_loss < 1e-3 and acc < 0.5))
 
 
 def _check_more_data(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
@@ -1229,19 +1229,20 @@ def _check_more_data(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
 EXERCISES = [
     Exercise(
         name="grokking-no-weight-decay", experiment="grokking", title="no weight decay",
-        question="Train the same model on the same 30% of pairs, with weight decay 0 instead of 1, for 7,000 epochs "
-                 "(with weight decay 1, the test accuracy reaches 1.0 by then). Will it memorise? Will it "
+        question="Train the same model on the same 30% of pairs, with weight decay 0 instead of 1, for 6,000 epochs "
+                 "(with weight decay 1, the test accuracy is 0.85 by then, and 1.0 by 7,000). Will it memorise? Will it "
                  "generalise?",
-        args=("--weight-decay", "0", "--n-steps", "7000"),
+        args=("--weight-decay", "0", "--n-steps", "6000"),
         smoke_args=("--weight-decay", "0"),
-        check_text="the training set memorised, the test set not: test accuracy below 0.5 at epoch 7,000",
+        check_text="the training set memorised, the test set not: test accuracy below 0.5 at epoch 6,000",
         check=_check_no_wd,
-        answer="It memorises as fast as before, and the test accuracy stays near chance. Nothing pushes it off the "
+        answer="It memorises as fast as before, and the test accuracy stays where memorisation left it (when this "
+               "exercise was written: 0.065 from epoch 3,000 on). Nothing pushes it off the "
                "memorising solution: both solutions fit the training set, and only weight decay prefers the "
                "general algorithm's smaller weight norm. Nanda et al. 2023 (appendix) report no grokking at "
                "weight decay 0 within their 40,000 epochs, and the excluded loss never rising. (Power et al. "
                "2022 did see grokking without weight decay, but after about a million steps.)",
-        minutes=9),
+        minutes=8),
     Exercise(
         name="grokking-more-data", experiment="grokking", title="more training data",
         question="Train on 50% of all pairs instead of 30%, for 2,000 epochs. With 30%, the test loss falls below 1 "
@@ -1255,7 +1256,7 @@ EXERCISES = [
                "general algorithm costs the same; weight decay tips the balance earlier. Nanda et al. 2023 "
                "(appendix) sweep the fraction: from 60% the model generalises almost at once, 30 to 50% groks, "
                "and 10 to 20% does not generalise within 40,000 epochs.",
-        minutes=4),
+        minutes=5),
 ]
 
 
