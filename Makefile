@@ -34,7 +34,7 @@ smoke: $(STAMP)
 	@for e in $(EXPERIMENTS); do $(PY) -m experiments.$$e all --preset smoke --out runs/smoke/$$e || exit 1; done
 
 # Predict, then run: every guide's exercises (or one: make exercises NAME=grokking-more-data), each
-# followed by its check of the prediction, and a table of outcomes at the end. All of them: about 40 min.
+# followed by its check of the prediction, and a table of outcomes at the end. All of them: about 35 min.
 exercises: $(STAMP)
 	$(PY) -m experiments.exercises $(NAME)
 

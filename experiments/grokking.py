@@ -1242,7 +1242,7 @@ EXERCISES = [
                "general algorithm's smaller weight norm. Nanda et al. 2023 (appendix) report no grokking at "
                "weight decay 0 within their 40,000 epochs, and the excluded loss never rising. (Power et al. "
                "2022 did see grokking without weight decay, but after about a million steps.)",
-        minutes=8),
+        minutes=9),
     Exercise(
         name="grokking-more-data", experiment="grokking", title="more training data",
         question="Train on 50% of all pairs instead of 30%, for 2,000 epochs. With 30%, the test loss falls below 1 "
