@@ -367,6 +367,18 @@ def _wtw_panel(ax, bax, W: np.ndarray, b: np.ndarray, title: str, m: int | None 
     return im
 
 
+def _hidden_plane(ax, title: str, first: bool) -> None:
+    """An axis for columns W_i drawn in the 2-D hidden space."""
+    ax.set_xlim(-1.5, 1.5)
+    ax.set_ylim(-1.5, 1.5)
+    ax.set_aspect("equal")
+    ax.axhline(0, color="0.85", lw=0.5, zorder=0)
+    ax.axvline(0, color="0.85", lw=0.5, zorder=0)
+    ax.set_title(title)
+    ax.set_xlabel("hidden dim 0")
+    ax.set_ylabel("hidden dim 1" if first else "")
+
+
 def fig_intro(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     """Columns of W in the plane, beside W^T W and b, at each density."""
     import matplotlib.pyplot as plt
@@ -384,14 +396,7 @@ def fig_intro(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
             ax.plot([0, W[j, 0]], [0, W[j, 1]], color=colors[j], lw=1.5)
             ax.scatter(W[j, 0], W[j, 1], color=colors[j], s=18, zorder=3,
                        label=f"feature {j} (I={cfg.intro_importance_decay ** j:.2f})" if i == 0 else None)
-        ax.set_xlim(-1.5, 1.5)
-        ax.set_ylim(-1.5, 1.5)
-        ax.set_aspect("equal")
-        ax.axhline(0, color="0.85", lw=0.5, zorder=0)
-        ax.axvline(0, color="0.85", lw=0.5, zorder=0)
-        ax.set_title(f"sparsity S = {1 - d:.2f} (1-S = {d:g})")
-        ax.set_xlabel("hidden dim 0")
-        ax.set_ylabel("hidden dim 1" if i == 0 else "")
+        _hidden_plane(ax, f"sparsity S = {1 - d:.2f} (1-S = {d:g})", first=i == 0)
         _wtw_panel(fig.add_subplot(gs[1, 2 * i]), fig.add_subplot(gs[1, 2 * i + 1]), W, a["intro.b"][i],
                    "W^T W and b")
     fig.legend(loc="lower center", ncol=n, bbox_to_anchor=(0.5, -0.02))
@@ -530,14 +535,7 @@ def anim_intro(cfg: Config, a: dict[str, np.ndarray], path: Path) -> Path:
     for i, (ax, d) in enumerate(zip(axes[0], dens)):
         lines.append([ax.plot([0, H[0, i, j, 0]], [0, H[0, i, j, 1]], color=colors[j], lw=2, marker="o", ms=3,
                               markevery=[1], label=f"feature {j}" if i == 0 else None)[0] for j in range(n)])
-        ax.set_xlim(-1.5, 1.5)
-        ax.set_ylim(-1.5, 1.5)
-        ax.set_aspect("equal")
-        ax.axhline(0, color="0.85", lw=0.5, zorder=0)
-        ax.axvline(0, color="0.85", lw=0.5, zorder=0)
-        ax.set_title(f"S = {1 - d:.2f} (1-S = {d:g})")
-        ax.set_xlabel("hidden dim 0")
-        ax.set_ylabel("hidden dim 1" if i == 0 else "")
+        _hidden_plane(ax, f"S = {1 - d:.2f} (1-S = {d:g})", first=i == 0)
     fig.legend(loc="lower center", ncol=n, fontsize=8)
     title = fig.suptitle("")
     fig.tight_layout(rect=(0, 0.1, 1, 0.93))
