@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments import EXPERIMENTS
 from toylab import guide, report
 from toylab.exercise import Exercise
-
-EXPERIMENTS = ("superposition", "grokking", "induction", "sae")
 
 
 def all_exercises() -> list[Exercise]:
@@ -78,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n=== {ex.name}: {ex.question}\n    {ex.command(str(root / ex.name), smoke=smoke)}\n", flush=True)
         check, seconds = run_one(ex, root, smoke)
         rows.append((ex, check, seconds))
-        print(f"\n{ex.name}: {check.name}: measured {report._fmt(check.measured)}; predicted {check.expected}: "
+        print(f"\n{ex.name}: {check.name}: measured {report.fmt(check.measured)}; predicted {check.expected}: "
               f"{'as predicted' if check.passed else 'NOT as predicted'}", flush=True)
     print("\n" + table(rows))
     return 0
@@ -87,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def table(rows: list[tuple[Exercise, report.Check, float]]) -> str:
     """The outcomes as a plain-text table."""
     head = ("exercise", "prediction checked", "measured", "outcome", "wall")
-    body = [(ex.name, c.expected, report._fmt(c.measured), "as predicted" if c.passed else "NOT as predicted",
+    body = [(ex.name, c.expected, report.fmt(c.measured), "as predicted" if c.passed else "NOT as predicted",
              f"{s / 60:.1f} min") for ex, c, s in rows]
     widths = [min(70, max(len(r[i]) for r in [head, *body])) for i in range(len(head))]
     line = lambda r: "  ".join(str(x)[:w].ljust(w) for x, w in zip(r, widths))  # noqa: E731

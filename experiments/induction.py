@@ -46,7 +46,7 @@ from toylab import transformer as tf
 from toylab.analysis.attention import (composition_baseline, composition_scores, copying_scores, induction_score,
                                        prev_token_score)
 from toylab.config import require
-from toylab.exercise import Exercise, find
+from toylab.exercise import Exercise
 from toylab.runs import Run
 from toylab.train import Schedule, model_keys, on_cpu, train_models
 
@@ -1325,9 +1325,14 @@ def plot(cfg: Config, run: Run) -> list[report.Figure]:
 _FEWER = ("--n-seeds", "2", "--n-control-seeds", "1")
 
 
+def _drops(rep: dict) -> list[float]:
+    """Each 2-layer seed's drop in repeated-token loss (nats), from the report's plateau check."""
+    return [round(float(r[3]), 2) for r in report.find(rep, "2-layer: repeated-token loss plateau")["measured"]]
+
+
 def _check_one_head(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
-    drops = [round(float(r[3]), 2) for r in find(rep, "2-layer: repeated-token loss plateau")["measured"]]
-    ablated = [round(float(min(r[1], r[2])), 2) for r in find(rep, "repeated-token loss on [BOS]+R+R")["measured"]]
+    drops = _drops(rep)
+    ablated = [round(float(min(r[1], r[2])), 2) for r in report.find(rep, "repeated-token loss on [BOS]+R+R")["measured"]]
     chance = float(a["chance"])
     return report.Check("one head per layer: drop in repeated-token loss per seed; loss with either head ablated "
                         "(the lower of the two) per seed", [drops, ablated],
@@ -1337,8 +1342,8 @@ def _check_one_head(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
 
 
 def _check_low_lr(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
-    drops = [round(float(r[3]), 2) for r in find(rep, "2-layer: repeated-token loss plateau")["measured"]]
-    scores = [round(float(x), 3) for x in find(rep, "final best layer-1 induction score")["measured"][0]]
+    drops = _drops(rep)
+    scores = [round(float(x), 3) for x in report.find(rep, "final best layer-1 induction score")["measured"][0]]
     return report.Check("lr 3e-4, step 8,000: drop in repeated-token loss per seed; best induction score per seed",
                         [drops, scores], "still on the plateau: drop < 1 nat and induction score < 0.2 in every "
                         "seed (with lr 1e-3: drops of 3.6 nats, scores 0.5..0.6)",

@@ -41,7 +41,7 @@ from toylab import config, experiment, report, tms
 from toylab import sae as S
 from toylab.analysis import superposition as sp
 from toylab.config import require
-from toylab.exercise import Exercise, find
+from toylab.exercise import Exercise
 from toylab.runs import Run
 from toylab.train import Schedule, model_keys, train_models
 
@@ -808,7 +808,7 @@ def _check_no_l1(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
 
 
 def _check_dense(rep: dict, a: dict[str, np.ndarray]) -> report.Check:
-    lam, found = find(rep, "synthetic ")["measured"]
+    lam, found = report.find(rep, "synthetic ")["measured"]
     n = int(rep["config"]["n_features"])
     return report.Check("20 active features per sample: the best coefficient, and the features it recovers at "
                         "cos > 0.9 (width 2n)", [lam, found],

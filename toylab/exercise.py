@@ -37,10 +37,3 @@ class Exercise:
     def argv(self, out: str, smoke: bool = False) -> list[str]:
         return ["all", "--out", out, *self.flags(smoke)]
 
-
-def find(report_: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """The one check of a report whose name starts with ``prefix`` (a KeyError names it otherwise)."""
-    hits = [c for c in report_["checks"] if c["name"].startswith(prefix)]
-    if len(hits) != 1:
-        raise KeyError(f"{len(hits)} checks of {report_['experiment']} start with {prefix!r}")
-    return hits[0]

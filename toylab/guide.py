@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from toylab.report import find
+
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)(?::([^}|\[]+))?((?:\[-?\d+\])*)(?:\|([^}]+))?\s*\}\}")
 
 
@@ -46,11 +48,10 @@ def _number(v: Any, spec: str | None) -> str:
 
 
 def _check(report: dict[str, Any], prefix: str) -> dict[str, Any]:
-    hits = [c for c in report["checks"] if c["name"].startswith(prefix.strip())]
-    if len(hits) != 1:
-        raise GuideError(f"guide placeholder {prefix!r} matches {len(hits)} checks of the "
-                         f"{report['experiment']} report (it must match exactly one)")
-    return hits[0]
+    try:
+        return find(report, prefix.strip())
+    except KeyError as e:
+        raise GuideError(f"guide placeholder {prefix!r}: {e.args[0]}") from None
 
 
 def render(template: str, report: dict[str, Any], exercises: Sequence[Any] = ()) -> str:

@@ -60,11 +60,12 @@ def provenance(wall_s: float | None = None) -> dict[str, Any]:
     }
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
+    """A measured value as the tables print it (4 significant digits, lists in brackets)."""
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+        return "[" + ", ".join(fmt(x) for x in v) + "]"
     return str(v)
 
 
@@ -91,11 +92,11 @@ def write(
         "n_checks": len(checks),
         **(extra or {}),
     }
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=_fmt) + "\n")
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=fmt) + "\n")
     lines = [f"# {experiment}: report ({preset} preset)", "",
              f"{report['n_passed']} of {len(checks)} checks against the paper passed.", "",
              "| check | measured | paper | result |", "|---|---|---|---|"]
-    lines += [f"| {c.name} | {_fmt(c.measured)} | {c.expected} | {'pass' if c.passed else 'FAIL'} |" for c in checks]
+    lines += [f"| {c.name} | {fmt(c.measured)} | {c.expected} | {'pass' if c.passed else 'FAIL'} |" for c in checks]
     lines += ["", "## Figures", ""]
     for f in figures:
         lines += [f"![{Path(f.path).stem}]({f.path})", "", f"*{f.caption}*", ""]
@@ -138,7 +139,7 @@ def to_html(report: dict[str, Any], run_dir: Path) -> str:
     """The report as one self-contained HTML page (images embedded), to open from disk or mail."""
     e = html.escape
     rows = "\n".join(
-        f'<tr class="{"pass" if c["passed"] else "fail"}"><td>{e(c["name"])}</td><td>{e(_fmt(c["measured"]))}</td>'
+        f'<tr class="{"pass" if c["passed"] else "fail"}"><td>{e(c["name"])}</td><td>{e(fmt(c["measured"]))}</td>'
         f'<td>{e(c["expected"])}</td><td class="result">{"pass" if c["passed"] else "FAIL"}</td></tr>'
         for c in report["checks"])
     figs = []
@@ -171,15 +172,24 @@ def to_html(report: dict[str, Any], run_dir: Path) -> str:
 <h2>Wall time</h2>
 <ul>{walls}</ul>
 <h2>Provenance</h2>
-<pre>{e(json.dumps(extra, indent=2, default=_fmt))}</pre>
+<pre>{e(json.dumps(extra, indent=2, default=fmt))}</pre>
 <script>{_SCRIPT}</script>
 </body></html>
 """
 
 
+def find(report: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The one check of a saved report whose name starts with ``prefix``; a KeyError (one line) otherwise."""
+    hits = [c for c in report["checks"] if c["name"].startswith(prefix)]
+    if len(hits) != 1:
+        raise KeyError(f"{len(hits)} checks of the {report['experiment']} report start with {prefix!r} "
+                       "(exactly one must)")
+    return hits[0]
+
+
 def table(report: dict[str, Any]) -> str:
     """The checks as a plain-text table for the terminal."""
-    rows = [(c["name"], _fmt(c["measured"]), c["expected"], "pass" if c["passed"] else "FAIL") for c in report["checks"]]
+    rows = [(c["name"], fmt(c["measured"]), c["expected"], "pass" if c["passed"] else "FAIL") for c in report["checks"]]
     head = ("check", "measured", "paper", "result")
     widths = [min(60, max(len(r[i]) for r in [head, *rows])) for i in range(4)]
     def line(r: Sequence[str]) -> str:
