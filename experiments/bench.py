@@ -156,6 +156,45 @@ def bench_grokking(rate: float, steps: int) -> dict:
             "gflop": grokking_flops(cfg) / 1e9, "epochs_min": cfg.n_steps * t_step / 60}
 
 
+def bench_sweep(rate: float, steps: int) -> dict:
+    """The grokking-phases CPU preset's grid as one sweep program, against the same models with nothing
+    swept (every model at the largest fraction, one weight decay), and as single runs one after another."""
+    import dataclasses
+
+    from experiments import grokking as exp
+    from toylab import sweep
+
+    cfg = exp.PRESETS["phases"]
+    points = sweep.parse(exp.PRESET_SWEEPS["phases"], exp.Config, cfg).points(cfg)
+    n = len(points) * cfg.n_seeds
+    frac_max = max(p.frac_train for p in points)
+
+    def step_time(points, devices, hp_extra=True) -> float:
+        c = points[0]
+        init, step = exp.make_train(c)
+        hp = exp.seed_data(c, points)
+        if hp_extra:
+            hp |= sweep.per_model(points, exp.Config.PER_MODEL, c.n_seeds, exclude=("frac_train", "seed"))
+        keys = jax.vmap(jax.random.key)(jnp.array([p.seed + s for p in points for s in range(c.n_seeds)]))
+        sharding = model_sharding(devices)
+        with jax.enable_x64(True):
+            hp = jax.device_put(jax.tree.map(jnp.asarray, hp), sharding)
+            state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys, hp)
+            chunk = make_chunk(step, steps, 1, name="bench-sweep", models_per_call=on_cpu(1), sharding=sharding)
+            return _time_chunk(chunk, state, hp, 100) / steps
+
+    t_grid = step_time(points, jax.devices())
+    same = [dataclasses.replace(cfg, frac_train=frac_max)] * len(points)
+    t_same = step_time(same, jax.devices(), hp_extra=False)
+    fracs = sorted({p.frac_train for p in points})
+    one = {f: step_time([dataclasses.replace(cfg, frac_train=f, n_seeds=1)], jax.devices()[:1]) for f in fracs}
+    t_singles = sum(one[p.frac_train] * cfg.n_seeds for p in points)
+    flops = n * grokking_flops(dataclasses.replace(cfg, frac_train=frac_max))
+    return {"config": f"sweep: grokking-phases grid ({n} models, p={cfg.p})", "n": n,
+            "steps_per_s": 1 / t_grid, "same_steps_per_s": 1 / t_same, "singles_steps_per_s": 1 / t_singles,
+            "roofline_steps_per_s": rate / flops, "run_min": cfg.n_steps * t_grid / 60}
+
+
 def induction_flops_per_token(cfg, n_layers: int) -> float:
     """FLOPs one training token needs in an attention-only model (forward x 3).
 
@@ -297,6 +336,15 @@ def main(argv=None) -> int:
     for r in sae:
         print(f"{r['config']}: {r['ms_per_step']:.1f} ms per step for the grid, roofline {r['roofline_ms']:.1f} ms "
               f"-> {r['ms_per_step'] / r['roofline_ms']:.1f} x roofline; the preset's steps in {r['grid_min']:.1f} min")
+    print()
+    sw = bench_sweep(rate, min(args.steps, 100))
+    print(f"{sw['config']}: {sw['steps_per_s']:.1f} steps/s for the grid ({sw['steps_per_s'] * sw['n']:.0f} model-steps/s), "
+          f"roofline {sw['roofline_steps_per_s']:.1f} -> {sw['roofline_steps_per_s'] / sw['steps_per_s']:.1f} x "
+          f"roofline; the preset's epochs in {sw['run_min']:.1f} min")
+    print(f"  the same {sw['n']} models with nothing swept: {sw['same_steps_per_s']:.1f} steps/s (a per-model "
+          f"field's cost: {sw['same_steps_per_s'] / sw['steps_per_s']:.2f}x); as {sw['n']} single runs one after "
+          f"another: {sw['singles_steps_per_s']:.1f} steps/s ({sw['steps_per_s'] / sw['singles_steps_per_s']:.1f}x "
+          f"slower than the sweep, compiling not counted)")
     print()
     bench_originals(rows, g, sae)
     return 0

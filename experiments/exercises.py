@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(guide.write(Path(mod.__file__).parent / "guides" / f"{name}.md", Path("figures") / name,
                               mod.EXERCISES))
         readme = Path("README.md")
-        reports = {n: json.loads((Path("figures") / n / "report.json").read_text()) for n in EXPERIMENTS}
+        reports = guide.committed_reports(Path("figures"))
         readme.write_text(guide.fill_readme(readme.read_text(), reports))
         print(readme)
         return 0

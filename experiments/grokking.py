@@ -26,6 +26,8 @@ paper's code seeds only the split).
 import dataclasses
 import random
 import time
+from typing import ClassVar
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -33,14 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toylab import config, experiment, lens, patching, probes, report, steering
+from toylab import config, experiment, lens, patching, probes, report, steering, sweep
 from toylab import sae as saes
 from toylab import transformer as tf
 from toylab.analysis import fourier
 from toylab.config import require
 from toylab.exercise import Exercise
 from toylab.runs import Run
-from toylab.train import Schedule, train_models
+from toylab.train import Schedule, on_cpu, train_models
 
 # ---------------------------------------------------------------------------
 # Config, with presets
@@ -65,6 +67,9 @@ class Config:
     n_seeds: int = 1  # models trained side by side in one vmapped program (paper's figures: 1)
     seed: int = 0  # seed s trains split random.seed(seed + s) and initialisation key (seed + s)
 
+    # Fields a sweep varies inside one compiled program (arrays with a model axis); others are structural.
+    PER_MODEL: ClassVar[tuple[str, ...]] = ("lr", "weight_decay", "beta2", "frac_train", "seed")
+
     def __post_init__(self) -> None:
         require(self.p >= 3 and all(self.p % d for d in range(2, int(self.p**0.5) + 1)), "p", "a prime >= 3", self.p)
         require(0 < self.frac_train < 1, "frac_train", "in (0, 1)", self.frac_train)
@@ -88,6 +93,19 @@ PRESETS: dict[str, Config] = {
     # Seconds on a laptop: a small prime, a small model; every stage runs, nothing groks.
     "smoke": Config(p=23, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_steps=200, checkpoint_every=50,
                     eval_every=10),
+    # The phase diagram on 2 CPU cores in about 10 minutes (make grokking-phases; its sweep is in
+    # PRESET_SWEEPS): 84 models of a quarter of the paper's width on (a + b) mod 31, at 3x the paper's
+    # learning rate so that 6,000 epochs show every phase (at lr 1e-3 they need about 3x as long).
+    "phases": Config(p=31, d_model=32, n_heads=4, d_head=8, d_mlp=128, lr=3e-3, n_steps=6000, checkpoint_every=200,
+                     n_seeds=2),
+    # The same at the paper's scale, for a GPU or a cluster: 48 points x 2 seeds of the paper's model.
+    "phases-paper": Config(n_steps=20_000, checkpoint_every=500, n_seeds=2),
+}
+
+# A preset's own sweep, run when no --sweep is given (make grokking-phases).
+PRESET_SWEEPS: dict[str, tuple[str, ...]] = {
+    "phases": ("weight_decay=0,0.1,0.3,1,3,10", "frac_train=0.2,0.3,0.4,0.5,0.6,0.7,0.8"),
+    "phases-paper": ("weight_decay=0,0.1,0.3,1,3,10", "frac_train=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8"),
 }
 
 # ---------------------------------------------------------------------------
@@ -134,17 +152,29 @@ def init_model(key: jax.Array, cfg: Config) -> tf.Transformer:
     return tf.init(key, mc, std=lambda name: (1 / mc.d_vocab if name == "W_U" else 1 / mc.d_model) ** 0.5)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """Mean cross-entropy in float64: in float32, log-softmax can only return multiples of
-    ~1.2e-7, so late losses of order 1e-7 are noise and the loss spikes (the paper's note)."""
+    ~1.2e-7, so late losses of order 1e-7 are noise and the loss spikes (the paper's note).
+
+    ``weights`` (1 for a real pair, 0 for padding) mask a padded batch: a sweep over the training
+    fraction pads every model's pairs to one shape. With all weights 1 the value and its gradient
+    are the unweighted mean's, bit for bit (multiplying by 1 and summing n ones are exact).
+    """
     logp = jax.nn.log_softmax(logits.astype(jnp.float64), axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+    nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+    if weights is None:
+        return jnp.mean(nll)
+    w = weights.astype(jnp.float64)
+    return jnp.sum(w * nll) / jnp.sum(w)
 
 
-def loss_and_accuracy(model: tf.Transformer, tokens: jax.Array, p: int) -> tuple[jax.Array, jax.Array]:
+def loss_and_accuracy(model: tf.Transformer, tokens: jax.Array, p: int,
+                      weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     logits = tf.forward(model, tokens, last_only=True)[:, -1]
     y = labels(tokens, p)
-    return cross_entropy(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
+    hit = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    acc = jnp.mean(hit) if weights is None else jnp.sum(weights * hit) / jnp.sum(weights)
+    return cross_entropy(logits, y, weights), acc
 
 
 # ---------------------------------------------------------------------------
@@ -152,28 +182,38 @@ def loss_and_accuracy(model: tf.Transformer, tokens: jax.Array, p: int) -> tuple
 # ---------------------------------------------------------------------------
 
 
-def optimizer(cfg: Config) -> optax.GradientTransformation:
-    """torch AdamW + LambdaLR(min(step/10, 1)): lr is 0 at the first step, decay scaled by lr."""
-    warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-    return optax.adamw(warmup, b1=0.9, b2=cfg.beta2, eps=1e-8, weight_decay=cfg.weight_decay)
+def optimizer(cfg: Config, hp: dict | None = None) -> optax.GradientTransformation:
+    """torch AdamW + LambdaLR(min(step/10, 1)): lr is 0 at the first step, decay scaled by lr.
+
+    A swept per-model field (``Config.PER_MODEL``) is read from the model's ``hp`` row, an
+    array inside the compiled program; any other from ``cfg``, a constant. An array lr or
+    weight decay does the same float32 arithmetic as the constant, so a sweep point equals
+    its single run bit for bit; beta2 does not quite (optax forms 1 - beta2 in float32 from an
+    array, in float64 from a constant), so a beta2 sweep matches single runs to rounding.
+    """
+    hp = hp or {}
+    lr, wd, b2 = hp.get("lr", cfg.lr), hp.get("weight_decay", cfg.weight_decay), hp.get("beta2", cfg.beta2)
+    warmup = optax.linear_schedule(0.0, lr, cfg.warmup_steps) if cfg.warmup_steps else lr
+    return optax.adamw(warmup, b1=0.9, b2=b2, eps=1e-8, weight_decay=wd)
 
 
 def make_train(cfg: Config):
     """Pure ``init(key, hp)`` and ``step(state, hp, t)`` of one model, for ``train_models``.
 
-    ``hp`` holds the model's own data: its train and test tokens (full batch).
+    ``hp`` holds the model's own data (its train and test tokens, full batch, with weights
+    when a sweep pads them to one shape) and the swept per-model hyperparameters.
     """
-    opt = optimizer(cfg)
 
     def init(key: jax.Array, hp: dict) -> dict:
         model = init_model(key, cfg)
-        return {"params": model, "opt_state": opt.init(model)}
+        return {"params": model, "opt_state": optimizer(cfg, hp).init(model)}
 
     def step(state: dict, hp: dict, t: jax.Array) -> tuple[dict, dict]:
-        model = state["params"]
-        (loss, acc), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(model, hp["train"], cfg.p)
+        model, opt = state["params"], optimizer(cfg, hp)
+        (loss, acc), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(
+            model, hp["train"], cfg.p, hp.get("train_w"))
         test_loss, test_acc = jax.lax.cond(  # t is shared by all models, so this stays a real branch
-            t % cfg.eval_every == 0, lambda: loss_and_accuracy(model, hp["test"], cfg.p),
+            t % cfg.eval_every == 0, lambda: loss_and_accuracy(model, hp["test"], cfg.p, hp.get("test_w")),
             lambda: (jnp.float64(jnp.nan), jnp.float32(jnp.nan)))
         updates, opt_state = opt.update(grads, state["opt_state"], model)
         metrics = {"loss": loss, "train_acc": acc, "test_loss": test_loss, "test_acc": test_acc}
@@ -182,26 +222,40 @@ def make_train(cfg: Config):
     return init, step
 
 
-def seed_data(cfg: Config) -> dict[str, np.ndarray]:
-    """Per-seed train and test tokens, stacked on a leading model axis."""
+def seed_data(cfg: Config, points: Sequence[Config] = ()) -> dict[str, np.ndarray]:
+    """Every model's train and test tokens, stacked on a leading model axis (point-major, then seed).
+
+    Points of a sweep with different training fractions have different numbers of pairs:
+    then each set is padded to the largest with copies of its first pair, weighted 0.
+    """
     pairs = all_pairs(cfg.p)
-    splits = [split(cfg.p, cfg.frac_train, cfg.seed + s) for s in range(cfg.n_seeds)]
-    return {"train": np.stack([pairs[tr] for tr, _ in splits]), "test": np.stack([pairs[te] for _, te in splits])}
+    splits = [split(cfg.p, pt.frac_train, pt.seed + s) for pt in (points or [cfg]) for s in range(cfg.n_seeds)]
+    out = {}
+    for name, i in (("train", 0), ("test", 1)):
+        sets = [sp[i] for sp in splits]
+        n = max(len(x) for x in sets)
+        out[name] = np.stack([pairs[np.concatenate([x, np.full(n - len(x), x[0], np.int32)])] for x in sets])
+        if any(len(x) < n for x in sets):
+            out[f"{name}_w"] = np.stack([np.arange(n) < len(x) for x in sets]).astype(np.float32)
+    return out
 
 
-def train(cfg: Config, run: Run, *, devices=None, progress=True) -> dict[str, float]:
-    """Train ``n_seeds`` models side by side; params every ``checkpoint_every`` epochs."""
+def train(cfg: Config, run: Run, points: Sequence[Config] = (), *, devices=None, progress=True) -> dict[str, float]:
+    """Train ``n_seeds`` models of each point (``cfg`` alone by default) side by side; params every
+    ``checkpoint_every`` epochs. Points differ from ``cfg`` in ``PER_MODEL`` fields only."""
+    points = list(points) or [cfg]
     init, step = make_train(cfg)
-    keys = jax.vmap(jax.random.key)(cfg.seed + jnp.arange(cfg.n_seeds))
+    keys = jax.vmap(jax.random.key)(jnp.array([pt.seed + s for pt in points for s in range(cfg.n_seeds)]))
+    hp = seed_data(cfg, points) | sweep.per_model(points, Config.PER_MODEL, cfg.n_seeds, exclude=("frac_train", "seed"))
+    n = len(points) * cfg.n_seeds
     t = time.perf_counter()
     with jax.enable_x64(True):  # float64 exists only for the cross-entropy; every weight is float32
         train_models(
-            directory=run.checkpoints(), init=init, step=step, keys=keys,
-            per_model=jax.tree.map(jnp.asarray, seed_data(cfg)),
+            directory=run.checkpoints(), init=init, step=step, keys=keys, per_model=jax.tree.map(jnp.asarray, hp),
             schedule=Schedule(cfg.n_steps, cfg.checkpoint_every, log_every=1, keep_last=2),
-            meta={"config_hash": config.config_hash(cfg)},
-            devices=devices, progress=progress, desc=f"grokking ({cfg.n_seeds} seed{'s' * (cfg.n_seeds > 1)})",
-            snapshot=lambda state: state["params"], snapshot_dir=run.params(),
+            meta={"config_hash": sweep.points_hash(points)},
+            devices=devices, progress=progress, desc=f"grokking ({n} model{'s' * (n > 1)})",
+            snapshot=lambda state: state["params"], snapshot_dir=run.params(), models_per_call=on_cpu(1),
         )
     return {"train": time.perf_counter() - t}
 
@@ -634,6 +688,95 @@ def check(cfg: Config, a: dict[str, np.ndarray]) -> list[report.Check]:
         "peak >= 1.3x initial, before epoch 3,000; final <= 0.5x peak (released runs ~1,800 -> 3,000..3,500 -> ~1,000) (Nanda et al. 2023, Fig. 7)",
         all(pk >= 1.3 * w0 and ep <= 3000 and fin <= 0.5 * pk for w0, pk, ep, fin in norms)))
     return checks + toolbox_checks(cfg, a)
+
+
+# Sweeps: each point's outcome from its training logs, by rules fixed before any sweep ran (after
+# Liu et al. 2022, "Towards understanding grokking", whose phases are read off at 90% accuracy).
+FIT = 0.9  # a set counts as fitted (train) or generalised (test) from the first epoch its accuracy reaches 90%
+GROK_DELAY = 2.0  # generalising this many times later than fitting, and at least GROK_MIN epochs later: grokking
+GROK_MIN = 200  # epochs: a shorter delay is comprehension, whatever the ratio (early epochs are noisy)
+PHASES = ("comprehension", "grokking", "memorisation", "confusion")
+
+
+def first_at_least(x: np.ndarray, level: float) -> float:
+    """First epoch at which ``x`` (NaNs skipped) reaches ``level``; NaN if never."""
+    hit = np.flatnonzero(np.nan_to_num(x, nan=-np.inf) >= level)
+    return float(hit[0]) if hit.size else float("nan")
+
+
+def phase(t_fit: float, t_gen: float) -> str:
+    """The phase of one model from the epochs it fitted and generalised (NaN: never, within the budget).
+
+    confusion: never fits the training set; memorisation: fits it, never generalises;
+    comprehension: generalises soon after fitting; grokking: generalises much later.
+    """
+    if np.isnan(t_fit):
+        return "confusion"
+    if np.isnan(t_gen):
+        return "memorisation"
+    return "grokking" if t_gen - t_fit >= GROK_MIN and t_gen >= GROK_DELAY * t_fit else "comprehension"
+
+
+def summarize(cfg: Config, run: Run) -> dict[str, list]:
+    """One sweep point's outcomes, a value per seed: epochs to fit and to generalise (90%), phase, final accuracies."""
+    logs = run.logs()
+    fit = [first_at_least(a, FIT) for a in logs["train_acc"]]
+    gen = [first_at_least(a, FIT) for a in logs["test_acc"]]
+    last = lambda x: float(x[~np.isnan(x)][-1])  # noqa: E731
+    return {"epoch_fit": fit, "epoch_generalise": gen, "phase": [phase(f, g) for f, g in zip(fit, gen)],
+            "train_acc": [round(last(a), 4) for a in logs["train_acc"]],
+            "test_acc": [round(last(a), 4) for a in logs["test_acc"]]}
+
+
+def _at(points: list, summaries: list, **fields) -> list[dict]:
+    return [s for p, s in zip(points, summaries) if all(np.isclose(getattr(p, f), v) for f, v in fields.items())]
+
+
+def sweep_check(cfg: Config, sw, points: list, summaries: list) -> list[report.Check]:
+    """Checks of a weight decay x training fraction sweep against the papers' findings (skipped where the
+    sweep lacks the points they need). Bands are qualitative: the papers' runs are at another scale."""
+    checks = []
+    wds = sorted({p.weight_decay for p in points})
+    fracs = sorted({p.frac_train for p in points})
+    no_wd = _at(points, summaries, weight_decay=0.0, frac_train=0.3)
+    if no_wd:
+        ph = no_wd[0]["phase"]
+        checks.append(report.Check(
+            "no weight decay, 30% of pairs: phase of each seed", ph,
+            "memorisation: fits, never generalises within the budget (Nanda et al. 2023 App. D: no grokking at "
+            "weight decay 0 in 40,000 epochs)", all(x == "memorisation" for x in ph)))
+    wd1 = [(p.frac_train, s) for p, s in zip(points, summaries) if np.isclose(p.weight_decay, 1.0)]
+    gen = [(f, float(np.mean(s["epoch_generalise"]))) for f, s in wd1 if not np.any(np.isnan(s["epoch_generalise"]))]
+    if len(gen) >= 3:
+        times = [t for _, t in gen]
+        rho = _spearman([f for f, _ in gen], times)
+        checks.append(report.Check(
+            "weight decay 1: rank correlation of training fraction with epochs to generalise (points that "
+            "generalise)", round(rho, 3),
+            "<= -0.8: more data groks sooner (Power et al. 2022 Fig. 2; Nanda et al. 2023 App. D: 30% ~7.6k, "
+            "40% ~2.6k, 50% ~0.7k epochs)", rho <= -0.8))
+    if len(wds) >= 3 and wds[-1] >= 3:
+        top = _at(points, summaries, weight_decay=wds[-1])
+        conf = [x for s in top for x in s["phase"]]
+        share = round(float(np.mean([x == "confusion" for x in conf])), 3)
+        checks.append(report.Check(
+            f"weight decay {sweep.config_value(wds[-1])} (the largest): share of models in confusion", share,
+            ">= 0.5: too much weight decay fails to fit the training set (Liu et al. 2022 \"Omnigrok\" Fig. 1, "
+            "the confusion phase at large weight decay)", share >= 0.5))
+    if len(fracs) >= 3 and 1.0 in [round(w, 6) for w in wds]:
+        low = _at(points, summaries, weight_decay=1.0, frac_train=fracs[0])[0]["phase"]
+        high = _at(points, summaries, weight_decay=1.0, frac_train=fracs[-1])[0]["phase"]
+        checks.append(report.Check(
+            f"weight decay 1: phases at the smallest ({fracs[0]:g}) and largest ({fracs[-1]:g}) fraction", [low, high],
+            "smallest: memorisation in every seed; largest: comprehension in every seed (Nanda et al. 2023 App. D: "
+            "10-20% does not generalise, >= 60% generalises at once)",
+            all(x == "memorisation" for x in low) and all(x == "comprehension" for x in high)))
+    return checks
+
+
+def _spearman(x: list, y: list) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def probe_key_r2(a: dict[str, np.ndarray], s: int) -> np.ndarray:
@@ -1190,6 +1333,70 @@ FIGURES = [
 ]
 
 
+def fig_phases(cfg: Config, sw, points: list, summaries: list, path: Path) -> None:
+    """The phase diagram: weight decay x training fraction, each cell's phase (a strip per seed), and the
+    epochs to generalise."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap, LogNorm
+    from matplotlib.patches import Patch
+
+    if set(sw.fields[:2]) != {"weight_decay", "frac_train"}:
+        return _empty(path, "the phase diagram needs a sweep over weight_decay and frac_train")
+    wds, fracs = sorted({p.weight_decay for p in points}), sorted({p.frac_train for p in points})
+    S = cfg.n_seeds
+    code = np.full((len(wds), len(fracs) * S), np.nan)
+    t_gen = np.full((len(wds), len(fracs)), np.nan)
+    for p, s in zip(points, summaries):
+        i, j = wds.index(p.weight_decay), fracs.index(p.frac_train)
+        code[i, j * S:(j + 1) * S] = [PHASES.index(x) for x in s["phase"]]
+        if not np.any(np.isnan(s["epoch_generalise"])):
+            t_gen[i, j] = np.mean(s["epoch_generalise"])
+    colors = ["#2ca02c", "#1f77b4", "#ff7f0e", "#d62728"]
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(12, 4.6))
+    a0.imshow(code, cmap=ListedColormap(colors), vmin=-0.5, vmax=3.5, origin="lower", aspect="auto",
+              extent=(-0.5, len(fracs) - 0.5, -0.5, len(wds) - 0.5), interpolation="nearest")
+    for j in range(1, len(fracs)):
+        a0.axvline(j - 0.5, color="white", lw=2)
+    a0.set_title(f"Phase of each model ({S} seed{'s' * (S > 1)} side by side in a cell)")
+    a0.legend(handles=[Patch(color=c, label=n) for c, n in zip(colors, PHASES)], loc="upper left",
+              bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    im = a1.imshow(t_gen, origin="lower", aspect="auto", cmap="viridis_r",
+                   norm=LogNorm(vmin=max(10, np.nanmin(t_gen)) if np.isfinite(t_gen).any() else 10,
+                                vmax=cfg.n_steps))
+    a1.set_title("Epochs until test accuracy reaches 90% (blank: never)")
+    fig.colorbar(im, ax=a1, label="epochs (seed mean)")
+    for ax in (a0, a1):
+        ax.set_xticks(range(len(fracs)), [f"{f:g}" for f in fracs])
+        ax.set_yticks(range(len(wds)), [f"{w:g}" for w in wds])
+        ax.set_xlabel("training fraction")
+        ax.set_ylabel("weight decay")
+    fig.suptitle(f"Grokking phase diagram: (a + b) mod {cfg.p}, {cfg.n_steps:,} epochs, lr {cfg.lr:g}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _empty(path: Path, text: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+    ax.set_title("phase diagram")
+    fig.savefig(path)
+    plt.close(fig)
+
+
+SWEEP_FIGURES = [
+    ("phases", fig_phases,
+     "Left: the phase of every model over weight decay (up) and training fraction (across), by the rules in "
+     "the report's config (90% accuracy: fitted, generalised; grokking when generalising is at least twice as "
+     "late as fitting). Look for the papers' picture: comprehension with much data, grokking along its edge, "
+     "memorisation with little data or no weight decay, confusion at the largest weight decay. Right: how long "
+     "generalising takes; it shortens as the fraction grows."),
+]
+
+
 def plot(cfg: Config, run: Run) -> list[report.Figure]:
     """Render every figure from ``analysis.npz``, without retraining."""
     return experiment.render(cfg, run, FIGURES)
@@ -1262,7 +1469,9 @@ EXERCISES = [
 
 main = experiment.main_for(name="grokking", doc=__doc__, Config=Config, presets=PRESETS, train=train,
                            analyze=analyze, check=check, plot=plot, figures=FIGURES,
-                           guide_template=Path(__file__).parent / "guides" / "grokking.md", exercises=EXERCISES)
+                           guide_template=Path(__file__).parent / "guides" / "grokking.md", exercises=EXERCISES,
+                           summarize=summarize, sweep_check=sweep_check, sweep_figures=SWEEP_FIGURES,
+                           preset_sweeps=PRESET_SWEEPS)
 
 if __name__ == "__main__":
     config.main_guard(main)

@@ -33,14 +33,16 @@ same head attends one back everywhere (0.93 in both halves).
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toylab import config, experiment, lens, patching, probes, report, steering
+from toylab import config, experiment, lens, patching, probes, report, steering, sweep
 from toylab import sae as saes
 from toylab import transformer as tf
 from toylab.analysis.attention import (composition_baseline, composition_scores, copying_scores, induction_score,
@@ -79,6 +81,9 @@ class Config:
     n_control_seeds: int = 2  # 1-layer controls (they only have to stay on the plateau; 4 would add a minute)
     eval_batch: int = 64  # sequences in the fixed evaluation sets
     seed: int = 0  # root seed: model k's key is (seed, group, k); the evaluation sets use seed + 1000
+
+    # Fields a sweep varies inside one compiled program (arrays with a model axis); others are structural.
+    PER_MODEL: ClassVar[tuple[str, ...]] = ("lr", "weight_decay", "init_scale")
 
     def __post_init__(self) -> None:
         for f in ("n_tokens", "seq_len", "repeat_min", "d_model", "n_heads", "d_head", "batch_size", "n_steps",
@@ -231,13 +236,19 @@ def repeated_loss(logits: jax.Array, tokens: jax.Array, rep: jax.Array) -> jax.A
 def make_train(cfg: Config, n_layers: int):
     """Pure ``init(key, hp)`` and ``step(state, hp, t)`` of one model; data for step t from (key, t)."""
     mc = model_config(cfg, n_layers)
-    schedule = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                      optax.adamw(schedule, b1=0.9, b2=0.98, eps=1e-8, weight_decay=cfg.weight_decay))
+
+    def optimizer(hp: dict) -> optax.GradientTransformation:
+        # A swept per-model field (Config.PER_MODEL) comes from the model's hp row as an array; others are constants.
+        lr, wd = hp.get("lr", cfg.lr), hp.get("weight_decay", cfg.weight_decay)
+        schedule = optax.linear_schedule(0.0, lr, cfg.warmup_steps) if cfg.warmup_steps else lr
+        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                           optax.adamw(schedule, b1=0.9, b2=0.98, eps=1e-8, weight_decay=wd))
 
     def init(key: jax.Array, hp) -> dict:
-        model = tf.init(jax.random.fold_in(key, 0), mc, std=lambda name: cfg.init_scale / cfg.d_model**0.5)
-        return {"params": model, "opt_state": opt.init(model), "key": jax.random.key_data(jax.random.fold_in(key, 1))}
+        scale = hp.get("init_scale", cfg.init_scale)
+        model = tf.init(jax.random.fold_in(key, 0), mc, std=lambda name: scale / cfg.d_model**0.5)
+        return {"params": model, "opt_state": optimizer(hp).init(model),
+                "key": jax.random.key_data(jax.random.fold_in(key, 1))}
 
     def loss_fn(model, tokens, repeated):
         losses = token_losses(tf.forward(model, tokens), tokens)
@@ -247,7 +258,7 @@ def make_train(cfg: Config, n_layers: int):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), t)  # depends on t alone
         tokens, repeated = make_batch(key, cfg, cfg.batch_size)
         (loss, rep), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], tokens, repeated)
-        updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
+        updates, opt_state = optimizer(hp).update(grads, state["opt_state"], state["params"])
         new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state, "key": state["key"]}
         return new, {"loss": loss, "repeated_loss": rep}
 
@@ -264,19 +275,24 @@ def group_keys(cfg: Config, group: str) -> jax.Array:
     return model_keys(cfg.seed, list(GROUPS).index(group), n_models(cfg, group))
 
 
-def train(cfg: Config, run: Run, *, devices=None, progress=True) -> dict[str, float]:
-    """Train the 2-layer models and the 1-layer controls; params snapshot every ``checkpoint_every``."""
+def train(cfg: Config, run: Run, points: Sequence[Config] = (), *, devices=None, progress=True) -> dict[str, float]:
+    """Train the 2-layer models and the 1-layer controls of each point (``cfg`` alone by default) side by
+    side; params snapshot every ``checkpoint_every``. Points differ from ``cfg`` in ``PER_MODEL`` fields only."""
+    points = list(points) or [cfg]
     times = {}
     for group, n_layers in GROUPS.items():
         init, step = make_train(cfg, n_layers)
+        n = n_models(cfg, group)
+        hp = sweep.per_model(points, Config.PER_MODEL, n)
         t = time.perf_counter()
         train_models(
-            directory=run.checkpoints(group), init=init, step=step, keys=group_keys(cfg, group),
-            per_model=jnp.zeros(n_models(cfg, group)),
+            directory=run.checkpoints(group), init=init, step=step,
+            keys=jnp.concatenate([group_keys(pt, group) for pt in points]),
+            per_model={"model": jnp.arange(n * len(points))} | jax.tree.map(jnp.asarray, hp),
             schedule=Schedule(cfg.n_steps, cfg.checkpoint_every, cfg.log_every, resume_every=RESUME_EVERY,
                               keep_last=2),
-            meta={"config_hash": config.config_hash(cfg), "group": group},
-            devices=devices, progress=progress, desc=f"induction/{group} ({n_models(cfg, group)} seeds)",
+            meta={"config_hash": sweep.points_hash(points), "group": group},
+            devices=devices, progress=progress, desc=f"induction/{group} ({n * len(points)} models)",
             snapshot=lambda state: state["params"], snapshot_dir=run.params(group), models_per_call=on_cpu(1),
         )
         times[f"train.{group}"] = time.perf_counter() - t
@@ -559,7 +575,7 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
             ps = probe_set(cfg)
             idx = sorted(set(range(0, len(steps), PROBE_EVERY)) | {len(steps) - 1})
             init, _ = make_train(cfg, GROUPS[group])
-            untrained = jax.jit(jax.vmap(lambda k: init(k, None)["params"]))(group_keys(cfg, group))
+            untrained = jax.jit(jax.vmap(lambda k: init(k, {})["params"]))(group_keys(cfg, group))
             some = jax.tree.map(lambda u, x: jnp.concatenate([u[None], x[np.array(idx)]]), untrained, models)
             pr = np.asarray(jax.jit(lambda ms: jax.lax.map(jax.vmap(
                 lambda m: prev_token_probe(cfg, m, ps, controls=False)), ms))(some))[..., 0]

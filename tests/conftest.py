@@ -25,6 +25,7 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 OPT_FLAG = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPT_FLAG}".strip()  # inherited by subprocesses
 
+os.environ["TOYLAB_CPU_DEVICES"] = "2"  # subprocesses see the same 2 devices as the tests, on any machine
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -47,7 +47,13 @@ def _name(path: tuple) -> str:
 
 
 def _checkpointer() -> ocp.Checkpointer:
-    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    # Under jax.distributed only process 0 writes (the arrays are gathered first: toylab.train), and every
+    # process reads: each acts alone, so Orbax must not wait for the others at its barriers.
+    if jax.process_count() == 1:
+        return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
+    handler = ocp.CompositeCheckpointHandler(composite_options=ocp.CompositeOptions(multiprocessing_options=alone))
+    return ocp.Checkpointer(handler, multiprocessing_options=alone)
 
 
 def steps(directory: Path) -> list[int]:

@@ -63,6 +63,9 @@ class RunArgs:
     out: Path  # run directory: checkpoints, analysis, report, figures
     strict: bool  # exit non-zero when a check against the paper fails
     figures: Path | None  # where to copy the figures as well (make refreshes figures/)
+    sweep: tuple[str, ...] = ()  # --sweep FIELD=v1,v2,... specs (toylab.sweep), in order
+    point: str | None = None  # --point I (or all): analyse and draw point I of a sweep as a single run
+    distributed: dict[str, Any] | None = None  # jax.distributed.initialize's arguments ({} detects a cluster)
 
 
 def _flag_names(cls: type) -> set[str]:
@@ -89,23 +92,39 @@ def parse_cli(
         print(f"  --preset   one of {', '.join(presets)} (default: paper)")
         print("  --out      run directory (default: runs/<experiment>/<preset>)")
         print("  --strict   exit with status 1 if any check against the paper fails")
-        print("  --figures  also copy the figures into this folder\n")
+        print("  --figures  also copy the figures into this folder")
+        print("  --sweep    FIELD=v1,v2,... or FIELD=log:LO:HI:N or FIELD=lin:LO:HI:N (repeatable): one run of")
+        print("             the product of the lists, n_seeds models per point")
+        print("  --point    I or all: also analyse and draw sweep point I (or every point) as a single run")
+        print("  --coordinator HOST:PORT --num-processes N --process-id I: one of N processes of a jax.distributed")
+        print("             run (the model axis spans every process's devices); --distributed: detect them (SLURM, ...)\n")
         print("Config fields (override any preset value):")
         tyro.cli(cls, args=["--help"], prog=prog, default=presets["paper"])
         raise SystemExit(0)
 
-    run: dict[str, Any] = {"stage": None, "preset": "paper", "out": None, "strict": False, "figures": None}
+    run: dict[str, Any] = {"stage": None, "preset": "paper", "out": None, "strict": False, "figures": None,
+                           "point": None}
+    sweeps: list[str] = []
+    dist: dict[str, Any] = {}
     rest: list[str] = []
     allowed = _flag_names(cls)
     it = iter(argv)
     for a in it:
         name, eq, val = a.partition("=")
-        if name in ("--preset", "--out", "--figures"):
+        if name == "--distributed":
+            dist.setdefault("auto", True)
+        elif name in ("--preset", "--out", "--figures", "--sweep", "--point", "--coordinator", "--num-processes",
+                      "--process-id"):
             if not eq:
                 val = next(it, None)
                 if val is None:
                     raise ConfigError(f"{name} needs a value")
-            run[name[2:]] = val
+            if name == "--sweep":
+                sweeps.append(val)
+            elif name in ("--coordinator", "--num-processes", "--process-id"):
+                dist[name[2:].replace("-", "_")] = val
+            else:
+                run[name[2:]] = val
         elif a == "--strict":
             run["strict"] = True
         elif a.startswith("-") and not _is_number(a):
@@ -129,7 +148,19 @@ def parse_cli(
         raise ConfigError(f"could not parse {' '.join(rest)!r} as config overrides; see --help") from e
     out = Path(run["out"]) if run["out"] else Path("runs") / prog.split(".")[-1] / run["preset"]
     figs = Path(run["figures"]) if run["figures"] else None
-    return RunArgs(run["stage"], run["preset"], out, run["strict"], figs), cfg
+    point = run["point"]
+    if point is not None and point != "all" and not point.isdigit():
+        raise ConfigError(f"point={point!r} is not allowed: point must be a point's number or all")
+    if dist:
+        dist.pop("auto", None)
+        for k in ("num_processes", "process_id"):
+            if k in dist:
+                require(str(dist[k]).isdigit(), k, "a non-negative integer", dist[k])
+                dist[k] = int(dist[k])
+        if "coordinator_address" not in dist and "coordinator" in dist:
+            dist["coordinator_address"] = dist.pop("coordinator")
+    return RunArgs(run["stage"], run["preset"], out, run["strict"], figs, tuple(sweeps), point,
+                   dist if dist or "--distributed" in argv else None), cfg
 
 
 def _is_number(s: str) -> bool:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from toylab import config, guide, report, runs
+from toylab import config, guide, report, runs, sweep
 from toylab import train as training
 from toylab.runs import Run
 
@@ -42,16 +42,38 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
              train: Callable[..., dict[str, float]], analyze: Callable[[Any, Run], dict[str, Any]],
              check: Callable[[Any, Any], list[report.Check]], plot: Callable[[Any, Run], list[report.Figure]],
              figures: Sequence[tuple[str, Callable, str]], guide_template: Path | None = None,
-             exercises: Sequence[Any] = ()) -> Callable[[Sequence[str] | None], int]:
-    """The ``main(argv)`` of experiment ``name``: ``STAGE --preset P --out DIR [--strict] [--figures DIR]``.
+             exercises: Sequence[Any] = (), summarize: Callable[[Any, Run], dict[str, Any]] | None = None,
+             sweep_check: Callable[..., list[report.Check]] | None = None,
+             sweep_figures: Sequence[tuple[str, Callable, str]] = (),
+             preset_sweeps: dict[str, tuple[str, ...]] | None = None) -> Callable[[Sequence[str] | None], int]:
+    """The ``main(argv)`` of experiment ``name``: ``STAGE --preset P --out DIR [--strict] [--figures DIR]
+    [--sweep FIELD=v1,v2 ...] [--point I]``.
 
     With ``--figures DIR`` the report's JSON is copied there too, and for the paper preset
     the reading-group guide ``DIR/README.md`` is rendered from ``guide_template`` with it.
+
+    Sweeps (``toylab.sweep``): ``train(cfg, run, points)`` trains points that differ from
+    ``cfg`` in ``Config.PER_MODEL`` fields only, in one program (an experiment whose Config
+    has no ``PER_MODEL`` runs every point as its own program); ``summarize(cfg, run)``
+    gives a point's outcomes from its training logs, for the sweep table and the default
+    figure; ``sweep_check(base_cfg, sweep, points, summaries)`` its checks;
+    ``sweep_figures`` entries ``(name, fn(base_cfg, sweep, points, summaries, path), caption)``
+    more figures; ``preset_sweeps`` a preset's own sweep, used when no ``--sweep`` is given.
     """
 
     def main(argv: Sequence[str] | None = None) -> int:
         args, cfg = config.parse_cli(Config, presets, argv, f"experiments.{name}", doc.split("\n\n")[0])
         run = Run(args.out)
+        if args.distributed is not None:
+            training.init_distributed(**args.distributed)
+        if not args.sweep and (preset_sweeps or {}).get(args.preset) and args.stage in ("train", "all"):
+            args = dataclasses.replace(args, sweep=preset_sweeps[args.preset])
+        if not training.leader():
+            return _follow(run, args, cfg)
+        if args.sweep or run.path("sweep.json").exists():
+            return _sweep_main(run, args, cfg)
+        if args.point is not None:
+            raise config.ConfigError("--point needs a sweep: add --sweep FIELD=v1,v2,... or point --out at a sweep's run")
         # Refusals first, touching nothing: no run to analyse, or a run of another config.
         if args.stage not in ("train", "all"):
             runs.open(run.root)
@@ -60,17 +82,16 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
         with run.lock():
             return _stages(run, args, cfg)
 
-    def _stages(run: Run, args: config.RunArgs, cfg: Any) -> int:
-        if args.stage in ("train", "all"):
+    def _stages(run: Run, args: config.RunArgs, cfg: Any, trained: bool = False) -> int:
+        if args.stage in ("train", "all") and not trained:
             cfg = run.start(Config, cfg, args.preset)
         else:
             cfg = run.config(Config)
         preset = run.preset(args.preset)
         times = _read_json(run.path("wall_time.json"), {})
-        if args.stage in ("train", "all"):
+        if args.stage in ("train", "all") and not trained:
             t = time.perf_counter()
-            kill = os.environ.get("TOYLAB_KILL_AFTER_CHUNKS")
-            with training.on_chunk(training.kill_after(int(kill))) if kill else contextlib.nullcontext():
+            with training_ctx(os.environ.get("TOYLAB_KILL_AFTER_CHUNKS")):
                 times.update(train(cfg, run))
             times["train"] = time.perf_counter() - t
             run.path("provenance.json").write_text(json.dumps(report.provenance(times["train"]), indent=2) + "\n")
@@ -108,7 +129,129 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
         print(f"report: {run.path('report.md')} (and report.html: open it in a browser)")
         return 1 if args.strict and rep["n_passed"] < rep["n_checks"] else 0
 
+    def _follow(run: Run, args: config.RunArgs, cfg: Any) -> int:
+        """A process other than 0 of a jax.distributed run: it trains its share of the same programs, in
+        step with process 0, and writes nothing (process 0 writes the checkpoints, analysis and report)."""
+        if args.stage not in ("train", "all"):
+            return 0
+        if not args.sweep:
+            train(cfg, run)
+            return 0
+        points = sweep.parse(args.sweep, Config, cfg).points(cfg)
+        per_model = getattr(Config, "PER_MODEL", ())
+        for g, idx in enumerate(sweep.groups(points, per_model)):
+            grun = Run(run.root / "groups" / str(g))
+            train(points[idx[0]], grun, [points[i] for i in idx]) if per_model else train(points[idx[0]], grun)
+        return 0
+
+    def _sweep_main(run: Run, args: config.RunArgs, cfg: Any) -> int:
+        # Every refusal first, touching nothing: a bad sweep, a run of another sweep, a bad point.
+        saved = _read_json(run.path("sweep.json"), None)
+        training = args.stage in ("train", "all")
+        if saved is None and not training:
+            raise config.ConfigError(f"no sweep in {run.root} (no sweep.json); run the train stage with --sweep first")
+        if not training or (saved is not None and not args.sweep):
+            base = config.from_dict(Config, saved["base"])
+            if training and base != cfg:
+                raise config.ConfigError(f"{run.root} holds a sweep from a different config "
+                                         f"({'; '.join(config.diff(base, cfg))}); use another --out")
+            cfg = base
+        sw = sweep.parse(args.sweep, Config, cfg) if args.sweep else sweep.Sweep.from_dict(saved["sweep"])
+        if saved is not None and (saved["sweep"] != sw.to_dict() or config.from_dict(Config, saved["base"]) != cfg):
+            raise config.ConfigError(f"{run.root} holds another sweep ({saved['sweep']}); use another --out")
+        if saved is None and run.exists():
+            raise config.ConfigError(f"{run.root} holds a single run; use another --out for the sweep")
+        points = sw.points(cfg)
+        chosen = [] if args.point is None else range(len(points)) if args.point == "all" else [int(args.point)]
+        if any(i >= len(points) for i in chosen):
+            raise config.ConfigError(f"point={args.point} is not allowed: the sweep has points 0..{len(points) - 1}")
+        per_model = getattr(Config, "PER_MODEL", ())
+        groups = sweep.groups(points, per_model)
+        labels = sw.labels(cfg)
+        with run.lock():
+            times = _read_json(run.path("wall_time.json"), {})
+            if training:
+                if saved is None:
+                    run.start(Config, cfg, args.preset)
+                    run.path("sweep.json").write_text(json.dumps(
+                        {"sweep": sw.to_dict(), "base": config.to_dict(cfg), "per_model": list(per_model),
+                         "groups": groups, "points": labels}, indent=2) + "\n")
+                t = time.perf_counter()
+                kill = os.environ.get("TOYLAB_KILL_AFTER_CHUNKS")
+                with training_ctx(kill):
+                    for g, idx in enumerate(groups):
+                        grun = Run(run.root / "groups" / str(g))
+                        grun.start(Config, points[idx[0]], args.preset)
+                        print(f"sweep group {g + 1} of {len(groups)}: points {', '.join(labels[i] for i in idx)}")
+                        if per_model:
+                            train(points[idx[0]], grun, [points[i] for i in idx])
+                        else:
+                            train(points[idx[0]], grun)
+                        for j, i in enumerate(idx):
+                            Run.view(run.root / "points" / str(i), grun, j, len(idx)).start(
+                                Config, points[i], args.preset)
+                times["train"] = time.perf_counter() - t
+                run.path("provenance.json").write_text(json.dumps(report.provenance(times["train"]), indent=2)
+                                                       + "\n")
+            point_runs = [Run(run.root / "points" / str(i)) for i in range(len(points))]
+            if args.stage in ("analyze", "all") or not run.path("summary.json").exists():
+                t = time.perf_counter()
+                summaries = [(summarize or sweep.summarize_logs)(points[i], point_runs[i]) for i in range(len(points))]
+                run.path("summary.json").write_text(json.dumps(summaries, indent=1, default=float) + "\n")
+                checks = sweep_check(cfg, sw, points, summaries) if sweep_check else []
+                run.path("checks.json").write_text(json.dumps([dataclasses.asdict(c) for c in checks], indent=2,
+                                                              default=float) + "\n")
+                times["analyze"] = time.perf_counter() - t
+            summaries = json.loads(run.path("summary.json").read_text())
+            for i in chosen:  # single-run analysis, checks and figures of the chosen points
+                print(f"point {i}: {labels[i]}")
+                _stages(point_runs[i], dataclasses.replace(args, figures=None, strict=False), points[i], trained=True)
+            sweep_figs = [("sweep", lambda c, s, p, m, path: sweep.plot_outcome(
+                s, p, m, path, f"{name}: outcome of each point over the swept fields (mean over seeds)"),
+                "Each outcome of the sweep table (a seed mean) over the swept fields: the first field across, "
+                "the second up."), *sweep_figures]
+            if args.stage in ("plot", "all"):
+                t = time.perf_counter()
+                from toylab.plotting import style
+
+                run.figures.mkdir(parents=True, exist_ok=True)
+                with style():
+                    for fig, fn, _ in sweep_figs:
+                        fn(cfg, sw, points, summaries, run.figures / figure_file(fig))
+                times["plot"] = time.perf_counter() - t
+                if args.figures:
+                    args.figures.mkdir(parents=True, exist_ok=True)
+                    for fig, _, _ in sweep_figs:
+                        shutil.copyfile(run.figures / figure_file(fig), args.figures / figure_file(fig))
+            run.path("wall_time.json").write_text(json.dumps(times, indent=2) + "\n")
+            checks = [report.Check(**c) for c in _read_json(run.path("checks.json"), [])]
+            point_checks = {i: _read_json(r.path("checks.json"), []) for i, r in enumerate(point_runs)
+                            if r.path("checks.json").exists()}
+            head, rows = sweep.table(sw, labels, summaries, point_checks)
+            figs = [report.Figure(f"figures/{figure_file(f)}", cap) for f, _, cap in sweep_figs
+                    if (run.figures / figure_file(f)).exists()]
+            rep = report.write(run.root, experiment=name, preset=run.preset(args.preset), config=config.to_dict(cfg),
+                               checks=checks, figures=figs, wall_time_s=times,
+                               extra={"sweep": sw.to_dict(), "per_model": [f for f in sw.fields if f in per_model],
+                                      "programs": len(groups), "summaries": summaries,
+                                      "provenance": _read_json(run.path("provenance.json"), None)},
+                               tables=[report.Table(
+                                   "Sweep", head, rows,
+                                   f"{len(points)} points x {cfg.n_seeds} seed(s), in {len(groups)} compiled "
+                                   f"program(s). Outcomes from each point's training logs (a list: one per seed); "
+                                   f"checks (✓ pass, ✗ fail) for the points analysed with --point.")])
+            if args.figures and args.stage in ("plot", "all"):
+                shutil.copyfile(run.path("report.json"), args.figures / "report.json")
+            print(report.table(rep))
+            print(f"sweep table and figures: {run.path('report.md')} (points' own reports: {run.root / 'points'})")
+            return 1 if args.strict and rep["n_passed"] < rep["n_checks"] else 0
+
     return main
+
+
+def training_ctx(kill: str | None):
+    """The kill switch of the resume tests (``TOYLAB_KILL_AFTER_CHUNKS``), or nothing."""
+    return training.on_chunk(training.kill_after(int(kill))) if kill else contextlib.nullcontext()
 
 
 def figure_file(name: str) -> str:

@@ -111,11 +111,16 @@ def checks_table(report: dict[str, Any]) -> str:
 _BLOCK = re.compile(r"(<!-- checks: (\S+) -->\n)(.*?)(<!-- /checks -->)", re.S)
 
 
+def committed_reports(figures: Path) -> dict[str, dict[str, Any]]:
+    """Every committed ``figures/NAME/report.json``, by NAME (an experiment, or a sweep such as grokking-phases)."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(figures.glob("*/report.json"))}
+
+
 def fill_readme(text: str, reports: dict[str, dict[str, Any]]) -> str:
     """Replace every ``<!-- checks: NAME -->...<!-- /checks -->`` block with NAME's checks table."""
     def fill(m: re.Match) -> str:
         rep = reports[m.group(2)]
-        return (f"{m.group(1)}{rep['n_passed']} of {rep['n_checks']} checks pass on the paper preset "
+        return (f"{m.group(1)}{rep['n_passed']} of {rep['n_checks']} checks pass on the {rep['preset']} preset "
                 f"(committed run):\n\n{checks_table(rep)}\n{m.group(4)}")
     return _BLOCK.sub(fill, text)
 

@@ -32,6 +32,14 @@ class Figure:
     caption: str  # what to see in it
 
 
+@dataclasses.dataclass(frozen=True)
+class Table:
+    title: str  # the section's heading
+    head: list[str]  # column names
+    rows: list[list[str]]  # cells, already formatted
+    caption: str  # how to read it
+
+
 def provenance(wall_s: float | None = None) -> dict[str, Any]:
     """Git commit, package versions, device and wall time of this run."""
     import jax
@@ -79,6 +87,7 @@ def write(
     figures: Sequence[Figure],
     wall_time_s: dict[str, float],
     extra: dict[str, Any] | None = None,
+    tables: Sequence["Table"] = (),
 ) -> dict[str, Any]:
     """Write ``report.json`` and ``report.md`` into ``run_dir`` and return the report."""
     report = {
@@ -92,11 +101,16 @@ def write(
         "n_checks": len(checks),
         **(extra or {}),
     }
+    if tables:
+        report["tables"] = [dataclasses.asdict(t) for t in tables]
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=fmt) + "\n")
     lines = [f"# {experiment}: report ({preset} preset)", "",
              f"{report['n_passed']} of {len(checks)} checks against the paper passed.", "",
              "| check | measured | paper | result |", "|---|---|---|---|"]
     lines += [f"| {c.name} | {fmt(c.measured)} | {c.expected} | {'pass' if c.passed else 'FAIL'} |" for c in checks]
+    for t in tables:
+        lines += ["", f"## {t.title}", "", t.caption, "", "| " + " | ".join(t.head) + " |",
+                  "|" + "---|" * len(t.head), *("| " + " | ".join(r) + " |" for r in t.rows)]
     lines += ["", "## Figures", ""]
     for f in figures:
         lines += [f"![{Path(f.path).stem}]({f.path})", "", f"*{f.caption}*", ""]
@@ -152,7 +166,13 @@ def to_html(report: dict[str, Any], run_dir: Path) -> str:
         figs.append(f'<figure><img alt="{e(path.stem)}" src="data:{mime};base64,{data}">'
                     f'<figcaption>{e(f["caption"])}</figcaption></figure>')
     extra = {k: v for k, v in report.items()
-             if k not in ("experiment", "preset", "config", "wall_time_s", "figures", "checks", "n_passed", "n_checks")}
+             if k not in ("experiment", "preset", "config", "wall_time_s", "figures", "checks", "n_passed", "n_checks",
+                          "tables", "summaries")}
+    tables = "".join(
+        f"<h2>{e(t['title'])}</h2><p>{e(t['caption'])}</p><table><thead><tr>"
+        + "".join(f"<th>{e(h)}</th>" for h in t["head"]) + "</tr></thead><tbody>"
+        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in t["rows"]) + "</tbody></table>"
+        for t in report.get("tables", []))
     walls = "".join(f"<li>{e(k)}: {v:.1f} s</li>" for k, v in report["wall_time_s"].items())
     title = f"{report['experiment']}: report ({report['preset']} preset)"
     return f"""<!DOCTYPE html>
@@ -165,6 +185,7 @@ def to_html(report: dict[str, Any], run_dir: Path) -> str:
 <tbody>
 {rows}
 </tbody></table>
+{tables}
 <h2>Figures</h2>
 {"".join(figs)}
 <h2>Config</h2>

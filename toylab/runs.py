@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from toylab import checkpoint, config
@@ -47,6 +48,28 @@ class Run:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        view = self.root / "view.json"
+        # A sweep point: its models are rows [index*k, (index+1)*k) of its group's run (k = models per point).
+        self._view = json.loads(view.read_text()) if view.exists() else None
+
+    @classmethod
+    def view(cls, root: Path | str, group: "Run", index: int, count: int) -> "Run":
+        """A point of a sweep: its own config, analysis and figures, and point ``index`` of ``count``
+        of ``group``'s models (every group of that run holds its models point-major)."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        rel = os.path.relpath(group.root, root)
+        (root / "view.json").write_text(json.dumps({"group": rel, "index": index, "count": count}) + "\n")
+        return cls(root)
+
+    def _source(self) -> "Run":
+        return Run(self.root / self._view["group"]) if self._view else self
+
+    def _rows(self, n: int) -> slice:
+        k, rem = divmod(n, self._view["count"])
+        if rem:
+            raise CheckpointError(f"{self.root}: {n} models do not split into {self._view['count']} points")
+        return slice(self._view["index"] * k, (self._view["index"] + 1) * k)
 
     def __repr__(self) -> str:
         return f"Run({str(self.root)!r})"
@@ -55,10 +78,14 @@ class Run:
 
     def checkpoints(self, group: str = "") -> Path:
         """Folder of a group's full training states (written by ``train_models``)."""
+        if self._view:
+            return self._source().checkpoints(group)
         return self.root / "checkpoints" / group if group else self.root / "checkpoints"
 
     def params(self, group: str = "") -> Path:
         """Folder of a group's parameter snapshots over training."""
+        if self._view:
+            return self._source().params(group)
         return self.root / "params" / group if group else self.root / "params"
 
     @property
@@ -107,9 +134,20 @@ class Run:
         """The last full state of a group (flat, e.g. ``params.W`` ``[models, ...]``) and its logs
         (``{metric: [models, n_logs]}``)."""
         flat, _ = checkpoint.restore(self.checkpoints(group))
+        if self._view:
+            flat = {k: v[self._rows(v.shape[0])] for k, v in flat.items()}
         state = {k[len("state."):]: v for k, v in flat.items() if k.startswith("state.")}
         logs = {k[len("logs."):]: v for k, v in flat.items() if k.startswith("logs.")}
         return state, logs
+
+    def groups(self) -> list[str]:
+        """Names of the trained groups (``""`` for a run with a single group), sorted."""
+        root = self.checkpoints()
+        if not root.is_dir():
+            return []
+        if checkpoint.steps(root):
+            return [""]
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and checkpoint.steps(p))
 
     def logs(self, group: str = "") -> dict[str, np.ndarray]:
         return self.final(group)[1]
@@ -122,7 +160,10 @@ class Run:
 
     def snapshots(self, like: Any, group: str = "") -> tuple[np.ndarray, Any]:
         """Steps ``[T]`` of every parameter snapshot and the parameters, each leaf ``[T, models, ...]``."""
-        return checkpoint.history(self.params(group), like)
+        steps, tree = checkpoint.history(self.params(group), like)
+        if self._view:
+            tree = jax.tree.map(lambda x: x[:, self._rows(x.shape[1])], tree)
+        return steps, tree
 
     # -- analysis -----------------------------------------------------------------------------
 

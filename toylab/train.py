@@ -133,7 +133,7 @@ def make_chunk(step: StepFn, chunk_steps: int, log_every: int, name: str = "chun
     sharding = sharding or model_sharding(jax.devices()[:1])
     spec = sharding.spec
     return jax.jit(jax.shard_map(device_models, mesh=sharding.mesh, in_specs=(spec, spec, PartitionSpec()),
-                                 out_specs=spec), donate_argnums=0)
+                                 out_specs=spec, check_vma=False), donate_argnums=0)
 
 
 def on_cpu(models_per_call: int | None) -> int | None:
@@ -151,11 +151,12 @@ def use_cpu_cores() -> None:
     Why: XLA's CPU backend runs most small ops (a batched matmul over thousands of
     tiny models, say) on one thread; one device per core runs them side by side. Has
     no effect once JAX has started, nor on which accelerator a GPU machine uses.
+    ``TOYLAB_CPU_DEVICES=n`` sets the count (tests pin it, so runs compare across machines).
     """
     import os
 
     try:
-        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+        jax.config.update("jax_num_cpu_devices", int(os.environ.get("TOYLAB_CPU_DEVICES") or os.cpu_count() or 1))
     except RuntimeError:
         pass  # backends already initialised (tests set their own device count)
 
@@ -168,7 +169,43 @@ def model_sharding(devices: list | None = None) -> NamedSharding:
 
 def _pad(tree: Any, n: int) -> Any:
     """Repeat the last model so the model axis has length ``n`` (divisible by devices)."""
-    return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], n - a.shape[0], axis=0)]), tree)
+    return jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], n - a.shape[0], axis=0)]), tree)
+
+
+def init_distributed(**kwargs: Any) -> None:
+    """Join a ``jax.distributed`` run (JAX's own runtime: no arguments detects SLURM, Open MPI, ...;
+    or ``coordinator_address``, ``num_processes``, ``process_id``). CPU processes talk through gloo."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+
+
+def leader() -> bool:
+    """Whether this process writes files: the only one, or process 0 of a ``jax.distributed`` run."""
+    return jax.process_index() == 0
+
+
+def _put(tree: Any, sharding: NamedSharding) -> Any:
+    """Host arrays (the same on every process) onto the model-sharded devices of every process."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), tree)
+
+
+def _host(x: Any) -> np.ndarray:
+    """A model-sharded array as one numpy array on every process (gathered across processes if need be)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _sync(name: str) -> None:
+    """Every process waits here (after process 0 has written a checkpoint), so none runs ahead of the files."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def train_models(
@@ -218,10 +255,14 @@ def train_models(
     sharding = model_sharding(list(devices or jax.devices())[:n_models])
     n_dev = sharding.mesh.devices.size
     padded = -(-n_models // n_dev) * n_dev
-    keys, hparams = _pad((keys, per_model), padded) if padded != n_models else (keys, per_model)
-    hparams = jax.device_put(hparams, sharding)
+    # Keys travel as their uint32 words and everything as host arrays: one path for one process
+    # and for many (where each process hands JAX the shards its own devices hold).
+    key_data = np.asarray(jax.random.key_data(keys))
+    host_hp = jax.tree.map(np.asarray, per_model)
+    key_data, host_hp = _pad((key_data, host_hp), padded) if padded != n_models else (key_data, host_hp)
+    hparams = _put(host_hp, sharding)
     chunk = make_chunk(step, chunk_steps, log_every, name=desc, models_per_call=models_per_call, sharding=sharding)
-    init_v = jax.jit(jax.vmap(init), out_shardings=sharding)
+    init_v = jax.jit(jax.vmap(lambda kd, hp: init(jax.random.wrap_key_data(kd), hp)), out_shardings=sharding)
 
     start, logs = 0, None
     done = checkpoint.steps(directory)
@@ -230,41 +271,46 @@ def train_models(
         if saved.get("config_hash") != meta.get("config_hash"):
             raise checkpoint.CheckpointError(
                 f"{directory} holds checkpoints of a different config; use another --out or delete it")
-        like = jax.eval_shape(jax.vmap(init), keys, hparams)
+        like = jax.eval_shape(jax.vmap(lambda kd, hp: init(jax.random.wrap_key_data(kd), hp)), key_data, host_hp)
         state = checkpoint.unflatten(like, {k[len("state."):]: v for k, v in flat.items() if k.startswith("state.")})
-        state = jax.device_put(_pad(jax.tree.map(jnp.asarray, state), padded) if padded != n_models else state, sharding)
+        state = jax.tree.map(np.asarray, state)
+        state = _put(_pad(state, padded) if padded != n_models else state, sharding)
         logs = {k[len("logs."):]: v for k, v in flat.items() if k.startswith("logs.")}
         start = saved["step"]
     else:
-        state = init_v(keys, hparams)
+        state = init_v(_put(key_data, sharding), hparams)
 
     def save_snapshot(state: Any, t: int) -> None:
         if snapshot is not None and t not in checkpoint.steps(snapshot_dir):  # a resumed run rewrites nothing
-            flat = {k: np.asarray(v)[:n_models] for k, v in checkpoint.flatten(snapshot(state)).items()}
-            checkpoint.save(snapshot_dir, t, flat, {**meta, "step": t, "n_models": n_models,
-                                                    **checkpoint.describe(flat)})
+            flat = {k: _host(v)[:n_models] for k, v in checkpoint.flatten(snapshot(state)).items()}
+            if leader():
+                checkpoint.save(snapshot_dir, t, flat, {**meta, "step": t, "n_models": n_models,
+                                                        **checkpoint.describe(flat)})
+            _sync(f"snapshot-{snapshot_dir}-{t}")
 
     save_snapshot(state, start)
 
-    bar = tqdm.tqdm(total=n_steps, initial=start, desc=desc, unit="step", disable=not progress,
+    bar = tqdm.tqdm(total=n_steps, initial=start, desc=desc, unit="step", disable=not progress or not leader(),
                     dynamic_ncols=True, mininterval=1.0)
     for t0 in range(start, n_steps, chunk_steps):
         state, chunk_logs = chunk(state, hparams, jnp.int32(t0))
-        chunk_logs = {k: np.asarray(v)[:n_models] for k, v in chunk_logs.items()}
+        chunk_logs = {k: _host(v)[:n_models] for k, v in chunk_logs.items()}
         logs = chunk_logs if logs is None else {k: np.concatenate([logs[k], chunk_logs[k]], axis=1) for k in logs}
         t = t0 + chunk_steps
         save_snapshot(state, t)
         if (t // chunk_steps) % schedule.resume_every == 0 or t == n_steps:
-            host_state = {k: np.asarray(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
+            host_state = {k: _host(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
             flat = {**{f"state.{k}": v for k, v in host_state.items()}, **{f"logs.{k}": v for k, v in logs.items()}}
-            checkpoint.save(directory, t, flat, {**meta, "step": t, "n_models": n_models,
-                                                 **checkpoint.describe(flat)}, max_to_keep=schedule.keep_last)
+            if leader():
+                checkpoint.save(directory, t, flat, {**meta, "step": t, "n_models": n_models,
+                                                     **checkpoint.describe(flat)}, max_to_keep=schedule.keep_last)
+            _sync(f"checkpoint-{directory}-{t}")
         bar.update(chunk_steps)
         if "loss" in chunk_logs:
             bar.set_postfix(loss=f"{float(np.mean(chunk_logs['loss'][:, -1])):.3g}")
         for callback in _ON_CHUNK.get():
             callback(t)
     bar.close()
-    final = {k: np.asarray(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
+    final = {k: _host(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
     return final, logs if logs is not None else {}
 

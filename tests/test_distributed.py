@@ -1,0 +1,40 @@
+"""Across processes: two CPU processes under jax.distributed (gloo collectives) train a sweep to exactly
+the bits one process with two devices gets."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from experiments import grokking as g
+from toylab import runs
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["train", "--preset", "smoke", "--n-steps", "100", "--checkpoint-every", "50", "--sweep", "weight_decay=1,0.3"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOYLAB_CPU_DEVICES": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "experiments.grokking", *ARGS, "--out", str(two),
+                               "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    assert g.main([*ARGS, "--out", str(one)]) == 0  # meanwhile, here: one process, its two devices (conftest)
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out[-1500:]
+    a, b = runs.open(one / "groups" / "0").final()[0], runs.open(two / "groups" / "0").final()[0]
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert (two / "report.md").exists() and (two / "sweep.json").exists()  # written by process 0 alone
