@@ -24,14 +24,16 @@ fresh samples shared by the fits of a cell), not by the noisy logged training lo
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toylab import config, experiment, report, tms
+from toylab import config, experiment, report, sweep, tms
 from toylab.analysis import superposition as sp
 from toylab.config import require
 from toylab.exercise import Exercise
@@ -72,6 +74,10 @@ class Config:
     geometry_n_densities: int = 20  # sparsity levels, 1-S = max_inv**-linspace(0, 1, k) (notebook: 20)
     geometry_max_inv_density: float = 20.0  # largest 1/(1-S) of the geometry sweep (notebook: 20)
     best_fit_samples: int = 2**20  # fresh samples per fit for the expected loss that picks a cell's best fit
+
+    # Fields a sweep varies inside one compiled program (arrays with a model axis); others are structural.
+    PER_MODEL: ClassVar[tuple[str, ...]] = ("lr", "weight_decay", "seed", "intro_importance_decay",
+                                            "basic_importance_decay")
 
     def __post_init__(self) -> None:
         for f in ("n_steps", "batch_size", "checkpoint_every", "log_every", "best_fit_samples", "intro_seeds", "basic_seeds",
@@ -187,11 +193,18 @@ def group_keys(cfg: Config, group: str, n_models: int) -> jax.Array:
 MODELS_PER_CALL = {"geometry": 1}
 
 
-def train(cfg: Config, run: Run, *, groups=GROUPS, devices=None, progress=True) -> dict[str, float]:
-    """Train every figure's models, resuming from the run's checkpoints. Returns wall times."""
+def train(cfg: Config, run: Run, points: Sequence[Config] = (), *, groups=GROUPS, devices=None,
+          progress=True) -> dict[str, float]:
+    """Train every figure's models of each point (``cfg`` alone by default), resuming from the run's
+    checkpoints. Points differ from ``cfg`` in ``PER_MODEL`` fields only. Returns wall times."""
+    points = list(points) or [cfg]
     times = {}
     for group in groups:
-        n, m, hp, _ = group_models(cfg, group)
+        n, m, _, _ = group_models(cfg, group)
+        per_point = [group_models(pt, group)[2] for pt in points]
+        hp = {k: np.concatenate([h[k] for h in per_point]) for k in per_point[0]}
+        n_models = len(per_point[0]["density"])
+        hp |= sweep.per_model(points, ("lr", "weight_decay"), n_models)
         init, step = make_train(cfg, n, m)
         # The intro models also keep parameter snapshots, the frames of the animation: shorter
         # chunks, with the full state still written every checkpoint_every steps.
@@ -199,11 +212,12 @@ def train(cfg: Config, run: Run, *, groups=GROUPS, devices=None, progress=True) 
         t = time.perf_counter()
         train_models(
             directory=run.checkpoints(group), init=init, step=step,
-            keys=group_keys(cfg, group, len(hp["density"])), per_model=jax.tree.map(jnp.asarray, hp),
+            keys=jnp.concatenate([group_keys(pt, group, n_models) for pt in points]),
+            per_model=jax.tree.map(jnp.asarray, hp),
             schedule=Schedule(cfg.n_steps, every, cfg.log_every, resume_every=cfg.checkpoint_every // every),
             snapshot=(lambda state: state["params"]) if group == "intro" else None,
             snapshot_dir=run.params(group) if group == "intro" else None,
-            meta={"config_hash": config.config_hash(cfg), "group": group}, devices=devices,
+            meta={"config_hash": sweep.points_hash(points), "group": group}, devices=devices,
             progress=progress, desc=f"superposition/{group} ({len(hp['density'])} models {n}->{m})",
             models_per_call=on_cpu(MODELS_PER_CALL.get(group)),
         )

@@ -13,7 +13,7 @@ from experiments import grokking as g
 from toylab import runs
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["train", "--preset", "smoke", "--n-steps", "100", "--checkpoint-every", "50", "--sweep", "weight_decay=1,0.3"]
+ARGS = ["train", "--preset", "smoke", "--n-steps", "40", "--checkpoint-every", "20", "--sweep", "weight_decay=1,0.3"]
 
 
 def _free_port() -> int:

@@ -41,6 +41,18 @@ def test_module_shape(name):
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
+def test_per_model_fields_are_fields_and_train_takes_points(name):
+    """A sweep varies a Config's PER_MODEL fields inside one program: they must name fields, and train
+    must accept the points (README, "Sweeps"); an experiment without them runs each point alone."""
+    exp = module(name)
+    per_model = getattr(exp.Config, "PER_MODEL", ())
+    assert set(per_model) <= {f.name for f in dataclasses.fields(exp.Config)}
+    assert "n_seeds" not in per_model
+    if per_model:
+        assert list(inspect.signature(exp.train).parameters)[:3] == ["cfg", "run", "points"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
 def test_no_experiment_imports_another(name):
     tree = ast.parse((ROOT / "experiments" / f"{name}.py").read_text())
     imported = set()

@@ -1,10 +1,7 @@
-"""Grokking: the data split, float64 loss, the smoke preset end to end, exact resume with snapshots."""
+"""Grokking: the data split, float64 loss, the smoke preset end to end (exact resume: tests/test_sweep.py)."""
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -13,8 +10,6 @@ import pytest
 
 from experiments import grokking as exp
 from toylab import checkpoint, config, runs
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_split_is_the_papers_recipe():
@@ -74,27 +69,3 @@ def test_smoke_end_to_end(smoke_run):
     first = {f["path"]: (run / f["path"]).read_bytes() for f in rep["figures"]}
     assert exp.main(["plot", "--out", str(run)]) == 0
     assert {p: (run / p).read_bytes() for p in first} == first
-
-
-def cli(out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiments.grokking", "train", "--preset", "smoke", "--n-seeds",
-                           "3", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
-
-
-def test_kill_and_resume_gives_the_same_snapshots(tmp_path):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert cli(whole).returncode == 0
-    r = cli(killed, env={"TOYLAB_KILL_AFTER_CHUNKS": "2"})
-    assert r.returncode == -9, r.stderr[-500:]
-    assert checkpoint.steps(runs.Run(killed).params())[-1] == 2 * exp.PRESETS["smoke"].checkpoint_every
-    assert cli(killed).returncode == 0
-    for where in ("params", "checkpoints"):
-        a_dir, b_dir = getattr(runs.Run(whole), where)(), getattr(runs.Run(killed), where)()
-        steps = checkpoint.steps(a_dir)
-        assert steps == checkpoint.steps(b_dir)
-        for t in steps:
-            a, b = checkpoint.restore(a_dir, t)[0], checkpoint.restore(b_dir, t)[0]
-            assert set(a) == set(b)
-            for k in a:
-                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{where}/{t}/{k}")

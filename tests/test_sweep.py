@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from experiments import grokking as g
-from toylab import runs, sweep
+from toylab import checkpoint, runs, sweep
 from toylab import train as training
 from toylab.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = dataclasses.replace(g.PRESETS["smoke"], n_steps=100, checkpoint_every=50)
-SMOKE_ARGS = ["--preset", "smoke", "--n-steps", "100", "--checkpoint-every", "50"]
+SMOKE = dataclasses.replace(g.PRESETS["smoke"], n_steps=40, checkpoint_every=20)
+SMOKE_ARGS = ["--preset", "smoke", "--n-steps", "40", "--checkpoint-every", "20"]
 
 
 def test_parse_lists_and_ranges():
@@ -71,13 +71,20 @@ def test_a_killed_sweep_resumes_to_the_same_bits(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "JAX_PLATFORMS": "cpu", "TOYLAB_KILL_AFTER_CHUNKS": "3"})
     assert r.returncode == -9, r.stderr[-800:]
+    assert checkpoint.steps(runs.Run(killed / "groups" / "1").params())[-1] == 20  # died in the second program
     assert g.main(["all", *args, "--out", str(killed)]) == 0  # the same sweep again: resumes, then summarises
     saved = json.loads((killed / "sweep.json").read_text())
     assert saved["groups"] == [[0, 2], [1, 3]]
-    for grp in ("0", "1"):
-        a, b = runs.Run(whole / "groups" / grp).final()[0], runs.Run(killed / "groups" / grp).final()[0]
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=f"group {grp}: {k}")
+    for grp in ("0", "1"):  # every snapshot and every kept checkpoint, bit for bit
+        for where in ("params", "checkpoints"):
+            a_dir = getattr(runs.Run(whole / "groups" / grp), where)()
+            b_dir = getattr(runs.Run(killed / "groups" / grp), where)()
+            assert checkpoint.steps(a_dir) == checkpoint.steps(b_dir)
+            for t in checkpoint.steps(a_dir):
+                a, b = checkpoint.restore(a_dir, t)[0], checkpoint.restore(b_dir, t)[0]
+                assert set(a) == set(b)
+                for k in a:
+                    np.testing.assert_array_equal(a[k], b[k], err_msg=f"group {grp}, {where}/{t}/{k}")
     # a point reads its own rows of its group's models
     point = runs.open(killed / "points" / "2")
     assert point.config(g.Config).weight_decay == 0.3 and point.config(g.Config).d_mlp == 32

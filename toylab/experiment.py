@@ -182,7 +182,8 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
                     for g, idx in enumerate(groups):
                         grun = Run(run.root / "groups" / str(g))
                         grun.start(Config, points[idx[0]], args.preset)
-                        print(f"sweep group {g + 1} of {len(groups)}: points {', '.join(labels[i] for i in idx)}")
+                        print(f"sweep program {g + 1} of {len(groups)}: {len(idx)} point(s)"
+                              + (f" ({labels[idx[0]]})" if len(idx) == 1 else ""))
                         if per_model:
                             train(points[idx[0]], grun, [points[i] for i in idx])
                         else:
@@ -237,8 +238,8 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
                                       "provenance": _read_json(run.path("provenance.json"), None)},
                                tables=[report.Table(
                                    "Sweep", head, rows,
-                                   f"{len(points)} points x {cfg.n_seeds} seed(s), in {len(groups)} compiled "
-                                   f"program(s). Outcomes from each point's training logs (a list: one per seed); "
+                                   f"{len(points)} points ({_seeds(cfg)} each), in {len(groups)} compiled "
+                                   f"program(s). Outcomes from each point's training logs (a list: a value per model, its seeds side by side); "
                                    f"checks (✓ pass, ✗ fail) for the points analysed with --point.")])
             if args.figures and args.stage in ("plot", "all"):
                 shutil.copyfile(run.path("report.json"), args.figures / "report.json")
@@ -247,6 +248,11 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
             return 1 if args.strict and rep["n_passed"] < rep["n_checks"] else 0
 
     return main
+
+
+def _seeds(cfg: Any) -> str:
+    n = getattr(cfg, "n_seeds", None)
+    return f"{n} seed{'s' * (n != 1)}" if n is not None else "the preset's models"
 
 
 def training_ctx(kill: str | None):

@@ -134,21 +134,24 @@ def make_train(*, n_features: int, n_hidden: int, batch_size: int, lr: float, we
     """Pure ``init(key, hp)`` and ``step(state, hp, t)`` of one model, for ``toylab.train.train_models``.
 
     AdamW (torch's betas and eps); the batch of step t depends on (the model's key, t) alone.
+    ``hp["lr"]`` and ``hp["weight_decay"]``, where present, override ``lr`` and ``weight_decay`` per model.
     ``sample(key, hp, batch) -> [batch, n_features]`` replaces the paper's independent
     sparse features (``make_batch`` at ``hp["density"]``) with another distribution.
     """
-    opt = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
+    def opt(hp: dict[str, jax.Array]) -> optax.GradientTransformation:
+        # hp["lr"] / hp["weight_decay"], when a sweep varies them per model; else the constants
+        return optax.adamw(hp.get("lr", lr), b1=0.9, b2=0.999, eps=1e-8, weight_decay=hp.get("weight_decay", weight_decay))
 
     def init(key: jax.Array, hp: dict[str, jax.Array]) -> dict:
         params = init_params(key, n_features, n_hidden)
-        return {"params": params, "opt_state": opt.init(params), "key": rng.key_words(jax.random.fold_in(key, 1))}
+        return {"params": params, "opt_state": opt(hp).init(params), "key": rng.key_words(jax.random.fold_in(key, 1))}
 
     def step(state: dict, hp: dict[str, jax.Array], t: jax.Array) -> tuple[dict, dict]:
         data_key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), t)  # depends on t alone
         xt = (make_batch(data_key, hp["density"], n_features, batch_size, features_first=True) if sample is None
               else sample(data_key, hp, batch_size).T)
         loss, grads = loss_and_grad(state["params"], xt, hp)
-        updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
+        updates, opt_state = opt(hp).update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return {"params": params, "opt_state": opt_state, "key": state["key"]}, {"loss": loss}
 
