@@ -103,3 +103,10 @@ def test_phase_rules():
     assert g.phase(100.0, 250.0) == "comprehension"  # 150 epochs later: too soon to call grokking
     assert g.phase(100.0, 2000.0) == "grokking"
     assert g.phase(1000.0, 1500.0) == "comprehension"  # less than twice as late
+
+
+def test_preset_sweeps_parse_and_fit_their_presets():
+    for preset, specs in g.PRESET_SWEEPS.items():
+        points = sweep.parse(specs, g.Config, g.PRESETS[preset]).points(g.PRESETS[preset])
+        assert len(sweep.groups(points, g.Config.PER_MODEL)) == 1  # the whole phase diagram is one program
+    assert len(points) * g.PRESETS["phases-paper"].n_seeds == 96
