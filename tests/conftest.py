@@ -117,3 +117,19 @@ def pytest_collection_modifyitems(items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "reads_smoke(name): the test reads experiment name's smoke run")
+
+
+# A grokking sweep of two programs (d_mlp is structural) of two points each (weight decay is per-model).
+SWEEP_ARGS = ["--sweep", "weight_decay=1,0.3", "--sweep", "d_mlp=32,64", "--preset", "smoke", "--n-steps", "40",
+              "--checkpoint-every", "20"]
+
+
+@pytest.fixture(scope="session")
+def whole_sweep(tmp_path_factory) -> Path:
+    """SWEEP_ARGS trained uninterrupted, here, on the tests' two devices: the reference of the sweep's
+    resume test and of the multi-process test."""
+    from experiments import grokking
+
+    whole = tmp_path_factory.mktemp("sweep") / "whole"
+    assert grokking.main(["train", *SWEEP_ARGS, "--out", str(whole)]) == 0
+    return whole

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import grokking as g
+from conftest import SWEEP_ARGS
 from toylab import runs
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["train", "--preset", "smoke", "--n-steps", "40", "--checkpoint-every", "20", "--sweep", "weight_decay=1,0.3"]
 
 
 def _free_port() -> int:
@@ -22,19 +21,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process_with_two_devices(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
+def test_two_processes_equal_one_process_with_two_devices(tmp_path, whole_sweep):
+    two = tmp_path / "two"
     port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOYLAB_CPU_DEVICES": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "experiments.grokking", *ARGS, "--out", str(two),
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOYLAB_CPU_DEVICES": "1"}  # one device per process
+    # the whole sweep's first program alone: its two weight decays at d_mlp 32
+    assert SWEEP_ARGS[:4] == ["--sweep", "weight_decay=1,0.3", "--sweep", "d_mlp=32,64"]
+    args = ["--sweep", "weight_decay=1,0.3", "--d-mlp", "32", *SWEEP_ARGS[4:]]
+    procs = [subprocess.Popen([sys.executable, "-m", "experiments.grokking", "train", *args, "--out", str(two),
                                "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    assert g.main([*ARGS, "--out", str(one)]) == 0  # meanwhile, here: one process, its two devices (conftest)
     for p in procs:
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out[-1500:]
-    a, b = runs.open(one / "groups" / "0").final()[0], runs.open(two / "groups" / "0").final()[0]
+    a, b = runs.open(whole_sweep / "groups" / "0").final()[0], runs.open(two / "groups" / "0").final()[0]
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert (two / "report.md").exists() and (two / "sweep.json").exists()  # written by process 0 alone

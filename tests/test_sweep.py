@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import SWEEP_ARGS
 from experiments import grokking as g
 from toylab import checkpoint, runs, sweep
 from toylab import train as training
@@ -61,12 +62,10 @@ def test_a_sweep_point_equals_its_single_run_bitwise(tmp_path):
             np.testing.assert_array_equal(swept[k][i:i + 1], v, err_msg=k)
 
 
-def test_a_killed_sweep_resumes_to_the_same_bits(tmp_path):
-    """Two programs (d_mlp is structural) of two points each (weight decay is per-model); SIGKILL in the
-    second program; the same command resumes; every group ends as the uninterrupted sweep's."""
-    args = ["--sweep", "weight_decay=1,0.3", "--sweep", "d_mlp=32,64", *SMOKE_ARGS]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert g.main(["train", *args, "--out", str(whole)]) == 0
+def test_a_killed_sweep_resumes_to_the_same_bits(tmp_path, whole_sweep):
+    """SIGKILL in the sweep's second program; the same command resumes; every group ends as the
+    uninterrupted sweep's."""
+    args, whole, killed = SWEEP_ARGS, whole_sweep, tmp_path / "killed"
     r = subprocess.run([sys.executable, "-m", "experiments.grokking", "train", *args, "--out", str(killed)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "JAX_PLATFORMS": "cpu", "TOYLAB_KILL_AFTER_CHUNKS": "3"})

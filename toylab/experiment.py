@@ -12,7 +12,10 @@ This module does the rest the same way for all of them:
 - ``analyze(cfg, run)`` returns arrays, which this module saves as the run's analysis;
   ``check(cfg, analysis)`` and the figures read them back, never the checkpoints;
 - ``analyze`` and ``plot`` use the config saved with the run, not the command line;
-- every stage ends by writing ``report.json`` and ``report.md`` and printing the checks.
+- every stage ends by writing ``report.json`` and ``report.md`` and printing the checks;
+- ``--sweep`` makes the run a sweep (``toylab.sweep``): one program per group of points, a view
+  per point, a sweep table and figure; ``--point I`` analyses and draws point I as a single run;
+- under ``jax.distributed`` process 0 does all of the above, the others train alongside it.
 
 Test hook: ``TOYLAB_KILL_AFTER_CHUNKS=k`` SIGKILLs the process after k training chunks
 (through ``toylab.train.on_chunk``), so tests can prove that a resumed run ends with
@@ -138,21 +141,26 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
             train(cfg, run)
             return 0
         points = sweep.parse(args.sweep, Config, cfg).points(cfg)
-        per_model = getattr(Config, "PER_MODEL", ())
-        for g, idx in enumerate(sweep.groups(points, per_model)):
-            grun = Run(run.root / "groups" / str(g))
-            train(points[idx[0]], grun, [points[i] for i in idx]) if per_model else train(points[idx[0]], grun)
+        for g, idx in enumerate(sweep.groups(points, getattr(Config, "PER_MODEL", ()))):
+            _train_group(Run(run.root / "groups" / str(g)), [points[i] for i in idx])
         return 0
+
+    def _train_group(grun: Run, points: list) -> None:
+        """One compiled program of a sweep: points equal in every structural field."""
+        if getattr(Config, "PER_MODEL", ()):
+            train(points[0], grun, points)
+        else:
+            train(points[0], grun)
 
     def _sweep_main(run: Run, args: config.RunArgs, cfg: Any) -> int:
         # Every refusal first, touching nothing: a bad sweep, a run of another sweep, a bad point.
         saved = _read_json(run.path("sweep.json"), None)
-        training = args.stage in ("train", "all")
-        if saved is None and not training:
+        trains = args.stage in ("train", "all")
+        if saved is None and not trains:
             raise config.ConfigError(f"no sweep in {run.root} (no sweep.json); run the train stage with --sweep first")
-        if not training or (saved is not None and not args.sweep):
+        if not trains or (saved is not None and not args.sweep):
             base = config.from_dict(Config, saved["base"])
-            if training and base != cfg:
+            if trains and base != cfg:
                 raise config.ConfigError(f"{run.root} holds a sweep from a different config "
                                          f"({'; '.join(config.diff(base, cfg))}); use another --out")
             cfg = base
@@ -170,7 +178,7 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
         labels = sw.labels(cfg)
         with run.lock():
             times = _read_json(run.path("wall_time.json"), {})
-            if training:
+            if trains:
                 if saved is None:
                     run.start(Config, cfg, args.preset)
                     run.path("sweep.json").write_text(json.dumps(
@@ -184,10 +192,7 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
                         grun.start(Config, points[idx[0]], args.preset)
                         print(f"sweep program {g + 1} of {len(groups)}: {len(idx)} point(s)"
                               + (f" ({labels[idx[0]]})" if len(idx) == 1 else ""))
-                        if per_model:
-                            train(points[idx[0]], grun, [points[i] for i in idx])
-                        else:
-                            train(points[idx[0]], grun)
+                        _train_group(grun, [points[i] for i in idx])
                         for j, i in enumerate(idx):
                             Run.view(run.root / "points" / str(i), grun, j, len(idx)).start(
                                 Config, points[i], args.preset)
