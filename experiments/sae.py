@@ -30,6 +30,7 @@ median is near 0.
 """
 
 import dataclasses
+from typing import ClassVar
 import time
 from pathlib import Path
 
@@ -84,6 +85,10 @@ class Config:
     composed_sets: int = 2  # negative control: features per set, two sets, one of each always on (Anders et al.)
     composed_l1: tuple[float, ...] = (0.03, 0.1, 0.3)  # lambdas of the control's SAEs (width composed_sets**2)
     seed: int = 0  # root seed; model keys are (seed, group, k)
+
+    # No field varies inside one program: a sweep trains each point as its own program (the grids
+    # above are already one program per architecture, and the source models are shared).
+    PER_MODEL: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for f in ("n_features", "d", "n_seeds", "n_steps", "batch_size", "checkpoint_every", "log_every",

@@ -32,6 +32,13 @@ def test_parse_lists_and_ranges():
     assert list(hp) == ["lr"] and hp["lr"].tolist() == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3, 1e-2, 1e-2])
 
 
+def test_a_tuple_field_is_refused():
+    from experiments import superposition
+
+    with pytest.raises(ConfigError, match="only number, bool and string fields"):
+        sweep.parse(["intro_densities=1,0.5"], superposition.Config, superposition.PRESETS["smoke"])
+
+
 @pytest.mark.parametrize("spec, words", [
     ("lr=-1", "lr"), ("weight_decay=0,x", "float"), ("n_seeds=1,2", "--n-seeds"), ("nope=1", "no config field"),
     ("lr=log:1:0:3", "log bounds"), ("lr", "FIELD=v1"), ("p=23,24", "prime"), ("lr=1,1", "repeated"),

@@ -213,7 +213,7 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
                 print(f"point {i}: {labels[i]}")
                 _stages(point_runs[i], dataclasses.replace(args, figures=None, strict=False), points[i], trained=True)
             sweep_figs = [("sweep", lambda c, s, p, m, path: sweep.plot_outcome(
-                s, p, m, path, f"{name}: outcome of each point over the swept fields (mean over seeds)"),
+                s, p, m, path, f"{name}: outcome of each point over the swept fields (mean over its models)"),
                 "Each outcome of the sweep table (a seed mean) over the swept fields: the first field across, "
                 "the second up."), *sweep_figures]
             if args.stage in ("plot", "all"):

@@ -85,6 +85,9 @@ def parse(specs: Sequence[str], cls: type, base: Any) -> Sweep:
             raise ConfigError(f"--sweep {spec!r} is not allowed: {name} cannot be swept ({reason})")
         if name in names:
             raise ConfigError(f"--sweep {spec!r}: {name} is swept twice; give all its values in one --sweep")
+        if _kind(fields[name].type) is None:
+            raise ConfigError(f"--sweep {spec!r} is not allowed: {name} is a {fields[name].type} field; "
+                              "only number, bool and string fields can be swept")
         vals = _values(name, text, fields[name].type)
         if len(set(vals)) != len(vals):
             raise ConfigError(f"--sweep {spec!r}: a value is repeated")
@@ -99,8 +102,14 @@ def parse(specs: Sequence[str], cls: type, base: Any) -> Sweep:
     return sweep
 
 
+def _kind(typ: Any) -> type | None:
+    """int, float, bool or str for a field of that type; None for any other (a tuple, say)."""
+    kinds = {"int": int, "float": float, "bool": bool, "str": str}
+    return typ if typ in kinds.values() else kinds.get(str(typ))
+
+
 def _values(name: str, text: str, typ: Any) -> list[Any]:
-    kind = typ if isinstance(typ, type) else {"int": int, "float": float, "bool": bool, "str": str}.get(str(typ), str)
+    kind = _kind(typ)
     parts = text.split(":")
     try:
         if parts[0] in ("log", "lin"):
