@@ -211,7 +211,9 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
             summaries = json.loads(run.path("summary.json").read_text())
             for i in chosen:  # single-run analysis, checks and figures of the chosen points
                 print(f"point {i}: {labels[i]}")
-                _stages(point_runs[i], dataclasses.replace(args, figures=None, strict=False), points[i], trained=True)
+                stage = "plot" if args.stage == "plot" else "all"  # a chosen point is analysed and drawn
+                _stages(point_runs[i], dataclasses.replace(args, stage=stage, figures=None, strict=False), points[i],
+                        trained=True)
             sweep_figs = [("sweep", lambda c, s, p, m, path: sweep.plot_outcome(
                 s, p, m, path, f"{name}: outcome of each point over the swept fields (mean over its models)"),
                 "Each outcome of the sweep table (a seed mean) over the swept fields: the first field across, "
