@@ -46,10 +46,14 @@ def _name(path: tuple) -> str:
     return ".".join(parts)
 
 
-def _checkpointer() -> ocp.Checkpointer:
-    # Under jax.distributed only process 0 writes (the arrays are gathered first: toylab.train), and every
-    # process reads: each acts alone, so Orbax must not wait for the others at its barriers.
-    if jax.process_count() == 1:
+def _checkpointer(collective: bool = False) -> ocp.Checkpointer:
+    """One process's Checkpointer; ``collective``: every process of a jax.distributed run saves together.
+
+    A collective save writes each process's shards of the sharded arrays (Orbax's multi-process
+    save); reading needs no other process, so a restore always acts alone (process 0 reads the
+    checkpoints again for the analysis after the others have gone).
+    """
+    if jax.process_count() == 1 or collective:
         return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
     handler = ocp.CompositeCheckpointHandler(composite_options=ocp.CompositeOptions(multiprocessing_options=alone))
@@ -77,13 +81,19 @@ def save(directory: Path, step: int, state: Mapping[str, Any], meta: Mapping[str
     """
     import shutil
 
-    arrays = {k: np.asarray(v) for k, v in state.items()}
+    # A model-sharded array spanning several processes stays one: each process writes its own shards.
+    arrays = {k: v if _spans_processes(v) else np.asarray(v) for k, v in state.items()}
+    collective = any(_spans_processes(v) for v in arrays.values())
     directory.mkdir(parents=True, exist_ok=True)
-    _checkpointer().save((directory / str(step)).absolute(), args=ocp.args.Composite(
+    _checkpointer(collective).save((directory / str(step)).absolute(), args=ocp.args.Composite(
         state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(dict(meta))))
-    if max_to_keep is not None:
+    if max_to_keep is not None and jax.process_index() == 0:
         for old in steps(directory)[:-max_to_keep]:
             shutil.rmtree(directory / str(old))
+
+
+def _spans_processes(v: Any) -> bool:
+    return isinstance(v, jax.Array) and not v.is_fully_addressable
 
 
 def restore(directory: Path, step: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -99,6 +109,8 @@ def restore(directory: Path, step: int | None = None) -> tuple[dict[str, np.ndar
         meta = ck.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         like = {k: np.zeros(s, dtype=meta["dtypes"][k]) for k, s in meta["shapes"].items()}
         got = ck.restore(path, args=ocp.args.Composite(state=ocp.args.StandardRestore(like)))["state"]
+        if "n_models" in meta:  # a multi-process save keeps its padding models (rows past n_models)
+            got = {k: v[:meta["n_models"]] for k, v in got.items()}
     except CheckpointError:
         raise
     except Exception as e:  # Orbax raises many types for damaged files; name the file, keep one line
@@ -111,7 +123,8 @@ def describe(state: Mapping[str, Any]) -> dict[str, Any]:
     """Shapes and dtypes of a flat state, stored in ``meta`` so it restores without a template."""
     return {
         "shapes": {k: list(np.shape(v)) for k, v in state.items()},
-        "dtypes": {k: str(np.asarray(v).dtype) for k, v in state.items()},
+        "dtypes": {k: str(np.dtype(v.dtype)) if hasattr(v, "dtype") else str(np.asarray(v).dtype)
+                   for k, v in state.items()},
     }
 
 

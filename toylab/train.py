@@ -280,12 +280,18 @@ def train_models(
     else:
         state = init_v(_put(key_data, sharding), hparams)
 
+    multi = jax.process_count() > 1
+
+    def rows(v: Any) -> Any:
+        """One process: the real models' rows on the host. Several: the sharded array itself, which
+        every process saves together, each its own shards (Orbax's multi-process save)."""
+        return v if multi else np.asarray(v)[:n_models]
+
     def save_snapshot(state: Any, t: int) -> None:
         if snapshot is not None and t not in checkpoint.steps(snapshot_dir):  # a resumed run rewrites nothing
-            flat = {k: _host(v)[:n_models] for k, v in checkpoint.flatten(snapshot(state)).items()}
-            if leader():
-                checkpoint.save(snapshot_dir, t, flat, {**meta, "step": t, "n_models": n_models,
-                                                        **checkpoint.describe(flat)})
+            flat = {k: rows(v) for k, v in checkpoint.flatten(snapshot(state)).items()}
+            checkpoint.save(snapshot_dir, t, flat, {**meta, "step": t, "n_models": n_models,
+                                                    **checkpoint.describe(flat)})
             _sync(f"snapshot-{snapshot_dir}-{t}")
 
     save_snapshot(state, start)
@@ -299,11 +305,10 @@ def train_models(
         t = t0 + chunk_steps
         save_snapshot(state, t)
         if (t // chunk_steps) % schedule.resume_every == 0 or t == n_steps:
-            host_state = {k: _host(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
-            flat = {**{f"state.{k}": v for k, v in host_state.items()}, **{f"logs.{k}": v for k, v in logs.items()}}
-            if leader():
-                checkpoint.save(directory, t, flat, {**meta, "step": t, "n_models": n_models,
-                                                     **checkpoint.describe(flat)}, max_to_keep=schedule.keep_last)
+            flat = {**{f"state.{k}": rows(v) for k, v in checkpoint.flatten(state).items()},
+                    **{f"logs.{k}": v for k, v in logs.items()}}
+            checkpoint.save(directory, t, flat, {**meta, "step": t, "n_models": n_models,
+                                                 **checkpoint.describe(flat)}, max_to_keep=schedule.keep_last)
             _sync(f"checkpoint-{directory}-{t}")
         bar.update(chunk_steps)
         if "loss" in chunk_logs:
