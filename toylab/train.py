@@ -16,6 +16,10 @@ jitted once and reused: its start step is a traced argument, so no chunk retrace
 (``TRACE_COUNT`` lets tests prove it). ``hp`` is the model's row of ``per_model``:
 every per-model hyperparameter (a learning rate, a sparsity, a seed's data) enters
 the compiled program as an array with a model axis.
+
+Under ``jax.distributed`` (``init_distributed``) the model axis spans every process's
+devices; every process saves its own shards of each checkpoint (Orbax's multi-process save)
+and gets the logs gathered.
 """
 
 import contextlib
@@ -180,7 +184,8 @@ def init_distributed(**kwargs: Any) -> None:
 
 
 def leader() -> bool:
-    """Whether this process writes files: the only one, or process 0 of a ``jax.distributed`` run."""
+    """Whether this process writes the run's own files (config, analysis, report, figures) and shows
+    progress: the only process, or process 0 of a ``jax.distributed`` run. Checkpoints every process writes."""
     return jax.process_index() == 0
 
 
@@ -201,7 +206,7 @@ def _host(x: Any) -> np.ndarray:
 
 
 def _sync(name: str) -> None:
-    """Every process waits here (after process 0 has written a checkpoint), so none runs ahead of the files."""
+    """Every process waits here after a checkpoint is written, so none runs ahead of the files."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
