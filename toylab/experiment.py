@@ -235,7 +235,7 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
             checks = [report.Check(**c) for c in _read_json(run.path("checks.json"), [])]
             point_checks = {i: _read_json(r.path("checks.json"), []) for i, r in enumerate(point_runs)
                             if r.path("checks.json").exists()}
-            head, rows = sweep.table(sw, labels, summaries, point_checks)
+            head, rows = sweep.table(sw, points, summaries, point_checks)
             figs = [report.Figure(f"figures/{figure_file(f)}", cap) for f, _, cap in sweep_figs
                     if (run.figures / figure_file(f)).exists()]
             rep = report.write(run.root, experiment=name, preset=run.preset(args.preset), config=config.to_dict(cfg),

@@ -181,7 +181,7 @@ def summarize_logs(cfg: Any, run: Any) -> dict[str, list]:
     return out
 
 
-def table(sweep: Sweep, labels: Sequence[str], summaries: Sequence[dict[str, Any]],
+def table(sweep: Sweep, points: Sequence[Any], summaries: Sequence[dict[str, Any]],
           point_checks: dict[int, list[dict]] | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the sweep table: a point per row; its outcomes, then its analysed checks."""
     from toylab.report import fmt
@@ -191,11 +191,11 @@ def table(sweep: Sweep, labels: Sequence[str], summaries: Sequence[dict[str, Any
     head = ["point", *sweep.fields, *keys, *checks]
     rows = []
     for i, s in enumerate(summaries):
-        vals = labels[i].split(", ")
         by_name = {c["name"]: c for c in (point_checks or {}).get(i, [])}
         cells = [fmt(by_name[c]["measured"]) + (" ✓" if by_name[c]["passed"] else " ✗") if c in by_name else ""
                  for c in checks]
-        rows.append([str(i), *(v.split("=", 1)[1] for v in vals), *(fmt(s.get(k, "")) for k in keys), *cells])
+        rows.append([str(i), *(config_value(getattr(points[i], f)) for f in sweep.fields),
+                     *(fmt(s.get(k, "")) for k in keys), *cells])
     return head, rows
 
 
