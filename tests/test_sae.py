@@ -216,3 +216,28 @@ def test_interrupted_sae_grid_resumes_to_the_same_bits(tmp_path):
         np.testing.assert_array_equal(whole[k], resumed[k], err_msg=k)
     for k in whole_logs:
         np.testing.assert_array_equal(whole_logs[k], resumed_logs[k], err_msg=k)
+
+
+@pytest.mark.parametrize("case", ["normal", "ties", "infinities", "negative"])
+def test_kth_largest_equals_top_k(case):
+    """The bisection that selects TopK, AuxK and BatchTopK's latents picks exactly lax.top_k's k-th value,
+    ties, -inf (AuxK's live latents) and all-negative rows included; k is traced, per model."""
+    rng = np.random.default_rng(["normal", "ties", "infinities", "negative"].index(case))
+    z = rng.normal(size=(32, 48)).astype(np.float32)
+    if case == "ties":
+        z = np.round(z, 1)
+    if case == "infinities":
+        z[:, rng.random(48) < 0.8] = -np.inf
+    if case == "negative":
+        z = -np.abs(z) - 1e-30
+    z = jnp.asarray(z)
+    for k in (1, 3, 12):
+        assert bool((S.kth_largest(z, k) == jax.lax.top_k(z, k)[0][:, k - 1:]).all()), k
+    ks = jnp.array([1, 5, 9])  # vmapped over models with their own k
+    got = jax.vmap(lambda k: S.kth_largest(z, k))(ks)
+    want = jnp.stack([jax.lax.top_k(z, int(k))[0][:, int(k) - 1:] for k in ks])
+    assert bool((got == want).all())
+    flat = jax.nn.relu(z).ravel()  # BatchTopK: B k over the whole batch, many zeros tie
+    mask, kth = S.batch_topk_mask(z, jnp.int32(3), 12)
+    assert float(kth) == float(jax.lax.top_k(flat, 32 * 3)[0][-1])
+    assert bool((mask == ((z >= kth) & (z > 0))).all())

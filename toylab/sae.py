@@ -112,20 +112,40 @@ def pre_acts(sae: SAE, x: jax.Array) -> jax.Array:
     return x_in @ sae.W_enc + sae.b_enc
 
 
+def kth_largest(z: jax.Array, k: jax.Array) -> jax.Array:
+    """``[..., 1]``: the k-th largest entry of each row of z counting ties, as
+    ``lax.top_k(z, k)[0][..., k - 1]``, for a traced k.
+
+    Why not ``lax.top_k``: XLA's CPU backend sorts every row, so its cost grows with k and
+    the row; here 32 bisection steps on the floats' bit patterns (as integers ordered like
+    the floats) each count a row once, whatever k (2x to 3x faster for the TopK family's
+    rows and AuxK's k = 32, 10x for BatchTopK's whole batch; docs/sae-speed.md).
+    """
+    bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(z), jnp.int32)
+    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip the magnitude bits
+    k = jnp.asarray(k, jnp.int32)
+    lo = jnp.full(z.shape[:-1] + (1,), jnp.iinfo(jnp.int32).min, jnp.int32)
+    hi = jnp.full_like(lo, jnp.iinfo(jnp.int32).max)
+
+    def body(_, lo_hi):  # invariant: count(key >= lo) >= k > count(key > hi)
+        lo, hi = lo_hi
+        mid = (lo >> 1) + (hi >> 1) + ((lo | hi) & 1)  # ceil((lo + hi) / 2) without overflow
+        ok = jnp.sum(key >= mid, -1, keepdims=True, dtype=jnp.int32) >= k
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+    lo, _ = jax.lax.fori_loop(0, 32, body, (lo, hi))
+    return jax.lax.bitcast_convert_type(lo ^ ((lo >> 31) & 0x7FFFFFFF), z.dtype)
+
+
 def topk_mask(z: jax.Array, k: jax.Array, k_max: int) -> jax.Array:
-    """Where z is among its row's k largest (k may be traced, at most the static ``k_max``)."""
-    vals = jax.lax.top_k(z, k_max)[0]
-    kth = jnp.take_along_axis(vals, jnp.broadcast_to(jnp.clip(k - 1, 0, k_max - 1).astype(jnp.int32),
-                                                     vals.shape[:-1])[..., None], axis=-1)
-    return z >= kth
+    """Where z is among its row's k largest (k may be traced, in [1, the static ``k_max``])."""
+    return z >= kth_largest(z, jnp.clip(k, 1, k_max))
 
 
 def batch_topk_mask(z: jax.Array, k: jax.Array, k_max: int) -> tuple[jax.Array, jax.Array]:
     """Where ReLU(z) is among the B k largest of the whole batch ``[B, d_sae]``; and the smallest kept value."""
-    flat = jax.nn.relu(z).ravel()
     B = z.shape[0]
-    vals = jax.lax.top_k(flat, B * k_max)[0]
-    kth = vals[jnp.clip(B * k - 1, 0, B * k_max - 1).astype(jnp.int32)]
+    kth = kth_largest(jax.nn.relu(z).reshape(1, -1), B * jnp.clip(k, 1, k_max))[0, 0]
     return (z >= kth) & (z > 0), kth
 
 
@@ -227,7 +247,7 @@ def loss(sae: SAE, x: jax.Array, coefficient: jax.Array, dead: jax.Array | None 
         mse = sq.mean() / norm
         if dead is not None:
             z_dead = jnp.where(dead, z, -jnp.inf)
-            aux_mask = topk_mask(z_dead, jnp.int32(cfg.n_aux), cfg.n_aux) & dead
+            aux_mask = (z_dead >= kth_largest(z_dead, cfg.n_aux)) & dead
             e = jax.lax.stop_gradient(x - x_hat)
             e_hat = jnp.where(aux_mask, jax.nn.relu(z), 0.0) @ sae.W_dec  # no bias (Gao et al. App. A.2)
             aux_loss = jnp.where(dead.any(), jnp.mean(jnp.sum((e - e_hat) ** 2, -1)) / norm, 0.0)
