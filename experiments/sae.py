@@ -66,7 +66,7 @@ class Config:
     n_steps: int = 4000  # SAE optimisation steps (Sharkey et al.: 20,000)
     batch_size: int = 128  # fresh activations per step (Sharkey et al.: 256; 128 halves the cost)
     lr: float = 1e-3  # Adam learning rate (Sharkey et al., ARENA)
-    checkpoint_every: int = 500  # steps per compiled chunk; a snapshot after each, the full state after every 2nd
+    checkpoint_every: int = 500  # steps per compiled chunk; a checkpoint and snapshot after each
     log_every: int = 50  # training metrics are averaged over this many steps and logged
     dead_window: int = 1000  # steps without firing after which a latent is dead (SAELens' default window)
     resample_every: int = 1000  # standard SAEs: resample dead latents this often (ARENA's toy: 2,500 of 10,000)
@@ -131,9 +131,6 @@ PRESETS: dict[str, Config] = {
                     pentagon_resample_every=50, big_n=10, big_m=4, big_l1=(0.1,), composed_l1=(0.1,)),
 }
 
-# Full state (to resume) every 2nd chunk: each Orbax save costs ~0.6 s, a tenth of a small grid's
-# 500-step chunk, while the decoder snapshots keep every chunk (the recovery-over-training figure).
-RESUME_EVERY = 2
 GROUP_IDS = {"tms": 0, "pentagon": 1, "big": 2, "composed": 3}  # key groups; synthetic groups follow
 DATA_IDS = {"synthetic": 1000, "pentagon": 1001, "big": 1002, "composed": 1003}  # data streams, one per source
 
@@ -265,8 +262,7 @@ def train_saes(cfg: Config, run: Run, name: str, sae_cfg: S.SAEConfig, sample, p
     init, step = S.make_train(sae_cfg, sample, n_steps=n_steps, batch_size=cfg.batch_size, lr=cfg.lr,
                               data_key=data_key)
     train_models(directory=run.checkpoints(name), init=init, step=step, keys=model_keys(cfg.seed, group_id, n_models),
-                 per_model=per_model,
-                 schedule=Schedule(n_steps, cfg.checkpoint_every, cfg.log_every, resume_every=RESUME_EVERY, keep_last=2),
+                 per_model=per_model, schedule=Schedule(n_steps, cfg.checkpoint_every, cfg.log_every, keep_last=2),
                  meta={"config_hash": config.config_hash(cfg), "group": name}, progress=progress,
                  desc=f"sae/{name} ({n_models} SAEs, d_sae {sae_cfg.d_sae})",
                  snapshot=(lambda s: {"W_dec": s["sae"].W_dec}) if snapshots else None,
