@@ -80,6 +80,29 @@ def test_chunks_do_not_retrace(tmp_path):
     assert core.TRACE_COUNT["retrace"] == 1
 
 
+def test_a_weakly_typed_initial_state_does_not_retrace(tmp_path):
+    """An init that returns a Python-scalar-typed (weak) array: the chunks' output is strongly typed, so
+    without care the second chunk would be traced and compiled again (the SAEs' threshold once did this)."""
+    n, m, hp, _ = exp.group_models(CFG, "basic")
+    init0, step = exp.make_train(CFG, n, m)
+
+    def init(key, hp):
+        return {**init0(key, hp), "weak": jnp.full(3, 0.0)}
+
+    def step2(state, hp, t):
+        new, logs = step({k: v for k, v in state.items() if k != "weak"}, hp, t)
+        return {**new, "weak": state["weak"] + jnp.float32(1.0)}, logs  # strongly typed
+
+    assert jax.eval_shape(lambda: init(jax.random.key(0), jax.tree.map(lambda a: jnp.asarray(a)[0], hp)))["weak"].weak_type
+    core.TRACE_COUNT.pop("weak", None)
+    state, _ = core.train_models(directory=tmp_path, init=init, step=step2, keys=exp.group_keys(CFG, "basic", 2),
+                                 per_model=jax.tree.map(lambda a: jnp.asarray(a)[:2], hp),
+                                 schedule=core.Schedule(CFG.n_steps, CFG.checkpoint_every, CFG.log_every),
+                                 meta={"config_hash": "x"}, progress=False, desc="weak")
+    assert core.TRACE_COUNT["weak"] == 1
+    np.testing.assert_array_equal(state["weak"], CFG.n_steps)
+
+
 def test_bad_chunking_is_refused():
     with pytest.raises(ValueError, match="multiple"):
         core.Schedule(n_steps=50, checkpoint_every=20, log_every=10)

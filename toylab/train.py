@@ -176,6 +176,12 @@ def _pad(tree: Any, n: int) -> Any:
     return jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], n - a.shape[0], axis=0)]), tree)
 
 
+def _strong(tree: Any) -> Any:
+    """``tree`` with every weakly typed array (from a Python scalar) made strongly typed, same dtype."""
+    return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype) if getattr(x, "weak_type", False) else x,
+                        tree)
+
+
 def init_distributed(**kwargs: Any) -> None:
     """Join a ``jax.distributed`` run (JAX's own runtime: no arguments detects SLURM, Open MPI, ...;
     or ``coordinator_address``, ``num_processes``, ``process_id``). CPU processes talk through gloo."""
@@ -270,8 +276,10 @@ def train_models(
     # Models one after another (lax.map), not vmapped: the same bits (checked for every experiment's
     # paper preset), and XLA compiles a batched random-number draw several times slower (e.g. 4.9 s
     # against 3.4 s for the induction models' init).
-    init_v = jax.jit(lambda kd, hp: jax.lax.map(lambda a: init(jax.random.wrap_key_data(a[0]), a[1]), (kd, hp)),
-                     out_shardings=sharding)
+    # Weak types dropped: a chunk returns strongly typed arrays, and a state whose types change after
+    # the first chunk would be compiled for twice.
+    init_v = jax.jit(lambda kd, hp: _strong(jax.lax.map(lambda a: init(jax.random.wrap_key_data(a[0]), a[1]),
+                                                        (kd, hp))), out_shardings=sharding)
 
     start, logs = 0, None
     done = checkpoint.steps(directory)
