@@ -104,7 +104,10 @@ def pytest_collection_modifyitems(items):
     are wanted."""
     from experiments import EXPERIMENTS
 
-    items.sort(key=lambda item: "smoke_run" in getattr(item, "fixturenames", ()))
+    # then, just before them, tests that start several processes of their own (``processes`` marker): by
+    # then the background smoke runs are done and leave them both cores (measured: 30 s early, 20 s late)
+    items.sort(key=lambda item: ("smoke_run" in getattr(item, "fixturenames", ()),
+                                 item.get_closest_marker("processes") is not None))
     for item in items:
         if "smoke_run" in getattr(item, "fixturenames", ()):
             marker = item.get_closest_marker("reads_smoke")
@@ -117,6 +120,7 @@ def pytest_collection_modifyitems(items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "reads_smoke(name): the test reads experiment name's smoke run")
+    config.addinivalue_line("markers", "processes: the test starts several processes; it runs late")
 
 
 # A grokking sweep of two programs (d_mlp is structural) of two points each (weight decay is per-model).

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import SWEEP_ARGS
 from toylab import runs
@@ -21,6 +22,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.processes
 def test_two_processes_equal_one_process_with_two_devices(tmp_path, whole_sweep):
     """Killed after their first chunk and started again, two processes end with the bits of one process
     with two devices; each process wrote its own shards of every checkpoint (Orbax's multi-process save)."""
