@@ -105,7 +105,7 @@ def pytest_collection_modifyitems(items):
     from experiments import EXPERIMENTS
 
     # then, just before them, tests that start several processes of their own (``processes`` marker): by
-    # then the background smoke runs are done and leave them both cores (measured: 30 s early, 20 s late)
+    # then the background smoke runs are done and leave them both cores (measured: 30 s early, 22 s late)
     items.sort(key=lambda item: ("smoke_run" in getattr(item, "fixturenames", ()),
                                  item.get_closest_marker("processes") is not None))
     for item in items:

@@ -93,7 +93,8 @@ def test_a_weakly_typed_initial_state_does_not_retrace(tmp_path):
         new, logs = step({k: v for k, v in state.items() if k != "weak"}, hp, t)
         return {**new, "weak": state["weak"] + jnp.float32(1.0)}, logs  # strongly typed
 
-    assert jax.eval_shape(lambda: init(jax.random.key(0), jax.tree.map(lambda a: jnp.asarray(a)[0], hp)))["weak"].weak_type
+    row = jax.tree.map(lambda a: jnp.asarray(a)[0], hp)
+    assert jax.eval_shape(lambda: init(jax.random.key(0), row))["weak"].weak_type
     core.TRACE_COUNT.pop("weak", None)
     state, _ = core.train_models(directory=tmp_path, init=init, step=step2, keys=exp.group_keys(CFG, "basic", 2),
                                  per_model=jax.tree.map(lambda a: jnp.asarray(a)[:2], hp),
