@@ -97,8 +97,8 @@ def init(key: jax.Array, cfg: SAEConfig) -> SAE:
     d = jax.random.normal(key, (cfg.d_sae, cfg.d_in))
     norm = cfg.decoder_init_norm if cfg.architecture == "april" else 1.0
     W_dec = norm * d / jnp.linalg.norm(d, axis=-1, keepdims=True)
-    # float32, not a weakly typed Python float: the state after a step is strongly typed, and a state
-    # that changes type between chunks makes the training loop compile its chunk twice
+    # float32, not a weakly typed Python float: after a step the state is strongly typed, and a jitted
+    # loop given a state whose types change compiles again (train_models also guards against it)
     theta = jnp.full(cfg.d_sae, cfg.jumprelu_init_threshold if cfg.architecture == "jumprelu" else 0.0, jnp.float32)
     return SAE(W_dec.T, jnp.zeros(cfg.d_sae), W_dec, jnp.zeros(cfg.d_in), theta, cfg)
 
