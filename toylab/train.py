@@ -313,13 +313,7 @@ def train_models(
 
     save_snapshot(state, start)
 
-    bar = tqdm.tqdm(total=n_steps, initial=start, desc=desc, unit="step", disable=not progress or not leader(),
-                    dynamic_ncols=True, mininterval=1.0)
-    for t0 in range(start, n_steps, chunk_steps):
-        state, chunk_logs = chunk(state, hparams, jnp.int32(t0))
-        chunk_logs = {k: _host(v)[:n_models] for k, v in chunk_logs.items()}
-        logs = chunk_logs if logs is None else {k: np.concatenate([logs[k], chunk_logs[k]], axis=1) for k in logs}
-        t = t0 + chunk_steps
+    def save_chunk(state: Any, logs: Any, t: int) -> None:
         save_snapshot(state, t)
         if (t // chunk_steps) % schedule.resume_every == 0 or t == n_steps:
             flat = {**{f"state.{k}": rows(v) for k, v in checkpoint.flatten(state).items()},
@@ -327,11 +321,31 @@ def train_models(
             checkpoint.save(directory, t, flat, {**meta, "step": t, "n_models": n_models,
                                                  **checkpoint.describe(flat)}, max_to_keep=schedule.keep_last)
             _sync(f"checkpoint-{directory}-{t}")
+        for callback in _ON_CHUNK.get():
+            callback(t)
+
+    bar = tqdm.tqdm(total=n_steps, initial=start, desc=desc, unit="step", disable=not progress or not leader(),
+                    dynamic_ncols=True, mininterval=1.0)
+    # One process: chunk k's files are written while chunk k + 1 computes (its state copied to the host
+    # first, since the next chunk takes over its buffers). Several: each chunk is saved before the next
+    # starts, since every process saves its own shards of the device arrays.
+    pending = None
+    for t0 in range(start, n_steps, chunk_steps):
+        state, chunk_logs = chunk(state, hparams, jnp.int32(t0))  # returns at once; the chunk runs
+        if pending is not None:
+            save_chunk(*pending)
+        chunk_logs = {k: _host(v)[:n_models] for k, v in chunk_logs.items()}  # waits for the chunk
+        logs = chunk_logs if logs is None else {k: np.concatenate([logs[k], chunk_logs[k]], axis=1) for k in logs}
+        t = t0 + chunk_steps
+        pending = (state if multi else jax.tree.map(np.array, state), logs, t)  # copies: buffers are donated
         bar.update(chunk_steps)
         if "loss" in chunk_logs:
             bar.set_postfix(loss=f"{float(np.mean(chunk_logs['loss'][:, -1])):.3g}")
-        for callback in _ON_CHUNK.get():
-            callback(t)
+        if multi:
+            save_chunk(*pending)
+            pending = None
+    if pending is not None:
+        save_chunk(*pending)
     bar.close()
     final = {k: _host(v)[:n_models] for k, v in checkpoint.flatten(state).items()}
     return final, logs if logs is not None else {}
