@@ -621,7 +621,7 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
         sets = [placed(jax.random.key(cfg.seed + 5000 + i), cfg, cfg.eval_batch, L, w) for i, w in enumerate(PLACEMENTS)]
         out[f"{group}.placement_loss"] = np.asarray(rep_losses(final, jnp.stack([t for t, _ in sets]),
                                                                jnp.stack([m for _, m in sets])))  # [seeds, 3]
-        _, cache = jax.vmap(lambda m: tf.run_with_cache(m, rrt[:1], lambda n: n.endswith("hook_pattern")))(final)
+        _, cache = jax.jit(jax.vmap(lambda m: tf.run_with_cache(m, rrt[:1], lambda n: n.endswith("hook_pattern"))))(final)
         if GROUPS[group] == 2:  # seed 0's attention over training on the same sequence, for the animation
             seed0 = jax.tree.map(lambda x: x[:, 0], models)
             _, hist = jax.jit(jax.vmap(lambda m: tf.run_with_cache(m, rrt[:1], lambda n: n.endswith("hook_pattern"))))(
