@@ -52,15 +52,17 @@ def test_bad_sweeps_are_refused_before_compiling(tmp_path, spec, words):
 
 
 def test_a_sweep_point_equals_its_single_run_bitwise(tmp_path):
-    """Per-model fields enter one program as arrays; each point ends with its single run's exact bits
-    (on the same devices: XLA compiles a program for 1 device and one sharded over 2 with different rounding)."""
+    """Per-model fields enter one program as arrays; a point ends with its single run's exact bits (on the same
+    devices: XLA compiles a program for 1 device and one sharded over 2 with different rounding). The point
+    checked is the second, whose values both differ from the preset's: a single run compiles its own program
+    (its values are constants), so each point checked costs a compile."""
     dev = jax.devices()[:1]
     points = [dataclasses.replace(SMOKE, weight_decay=wd, lr=lr) for wd, lr in ((1.0, 1e-3), (0.3, 3e-3))]
     both = runs.Run(tmp_path / "both")
     both.start(g.Config, points[0], "smoke")
     g.train(points[0], both, points, devices=dev, progress=False)
     swept, _ = both.final()
-    for i, pt in enumerate(points):
+    for i, pt in list(enumerate(points))[1:]:
         one = runs.Run(tmp_path / str(i))
         one.start(g.Config, pt, "smoke")
         g.train(pt, one, devices=dev, progress=False)

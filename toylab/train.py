@@ -327,8 +327,10 @@ def train_models(
     bar = tqdm.tqdm(total=n_steps, initial=start, desc=desc, unit="step", disable=not progress or not leader(),
                     dynamic_ncols=True, mininterval=1.0)
     # One process: chunk k's files are written while chunk k + 1 computes (its state copied to the host
-    # first, since the next chunk takes over its buffers). Several: each chunk is saved before the next
-    # starts, since every process saves its own shards of the device arrays.
+    # first, since the next chunk takes over its buffers). Why: on an accelerator the host's writes then
+    # cost nothing; on a 2-core CPU they compete with the chunk for the cores (no measurable gain in
+    # `make induction`). Several processes: each chunk is saved before the next starts, since every
+    # process saves its own shards of the device arrays.
     pending = None
     for t0 in range(start, n_steps, chunk_steps):
         state, chunk_logs = chunk(state, hparams, jnp.int32(t0))  # returns at once; the chunk runs
