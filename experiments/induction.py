@@ -559,9 +559,10 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
         out[f"{group}.log_steps"] = np.arange(1, logs["loss"].shape[1] + 1) * cfg.log_every
         out[f"{group}.log_loss"], out[f"{group}.log_repeated_loss"] = logs["loss"], logs["repeated_loss"]
         out[f"{group}.steps"] = steps
-        # Snapshots one after another (lax.map), seeds side by side (vmap): 2.5x faster than
-        # vmapping both, whose cached attention patterns for every model at once spill the caches.
-        scores = jax.jit(lambda ms: jax.lax.map(jax.vmap(lambda m: head_scores(m, ev, cfg)), ms))(models)  # [T, seeds, ...]
+        # Snapshots and seeds one model at a time (lax.map): vmapping the seeds took 1.7x as long, and
+        # vmapping both 2.5x longer again (cached attention patterns for many models spill the caches).
+        scores = jax.jit(lambda ms: jax.lax.map(lambda mm: jax.lax.map(lambda m: head_scores(m, ev, cfg), mm), ms))(
+            models)  # [T, seeds, ...]
         for k, v in scores.items():
             out[f"{group}.{k}"] = np.asarray(v)
         final = jax.tree.map(lambda x: x[-1], models)
@@ -578,11 +579,14 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
             # lax.map, not vmap: the same bits, and a batched random draw compiles about 3x slower (7.5 s)
             untrained = jax.jit(lambda ks: jax.lax.map(lambda k: init(k, {})["params"], ks))(group_keys(cfg, group))
             some = jax.tree.map(lambda u, x: jnp.concatenate([u[None], x[np.array(idx)]]), untrained, models)
-            pr = np.asarray(jax.jit(lambda ms: jax.lax.map(jax.vmap(
-                lambda m: prev_token_probe(cfg, m, ps, controls=False)), ms))(some))[..., 0]
+            # one model at a time (lax.map, not vmap): a vmapped L-BFGS steps every model until the slowest
+            # one's line search ends, and batched small matmuls run slower on a CPU (2.5x here)
+            pr = np.asarray(jax.jit(lambda ms: jax.lax.map(lambda mm: jax.lax.map(
+                lambda m: prev_token_probe(cfg, m, ps, controls=False), mm), ms))(some))[..., 0]
             out[f"{group}.probe_steps"] = steps[idx]
             out[f"{group}.probe"], out[f"{group}.probe_untrained"] = pr[1:], pr[0]  # [snapshots, seeds], [seeds]
-            out[f"{group}.probe_final"] = np.asarray(jax.jit(jax.vmap(lambda m: prev_token_probe(cfg, m, ps)))(final))
+            out[f"{group}.probe_final"] = np.asarray(jax.jit(lambda ms: jax.lax.map(
+                lambda m: prev_token_probe(cfg, m, ps), ms))(final))
             # steering and an SAE before layer 1, with each seed's previous-token head
             st, sae_tokens = steer_set(cfg), sae_set(cfg)
             prev_heads = jnp.asarray(scores["prev_token_score"][-1, :, 0].argmax(-1))
