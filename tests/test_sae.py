@@ -120,6 +120,23 @@ def test_auxk_revives_a_dead_latent():
     assert float((S.encode(state["sae"], x, 2)[:, 0] > 0).mean()) > 0.01  # latent 0 fires again
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_auxk_skipped_before_the_dead_window_changes_nothing(arch):
+    """Before step dead_window no latent can be dead, and the step skips AuxK: it must equal a step that
+    computes AuxK with no dead latent (dead_window 1, nothing has gone a step without firing)."""
+    hp = {"coefficient": jnp.asarray(2), "scale": jnp.float32(1.0)}
+    out = []
+    for window in (1000, 1):
+        cfg = S.SAEConfig(d_in=6, d_sae=12, architecture=arch, k=2, dead_window=window)
+        init, step = S.make_train(cfg, synthetic, n_steps=10, batch_size=64)
+        state = init(jax.random.key(0), hp)
+        out.append(jax.jit(lambda s: step(s, hp, jnp.int32(5)))(state))
+    (a, la), (b, lb) = out
+    assert float(la["loss"]) == float(lb["loss"])
+    for x, y in zip(jax.tree.leaves(a["sae"]), jax.tree.leaves(b["sae"])):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
 def test_resampling_rewrites_dead_latents_and_resets_their_moments():
     cfg = S.SAEConfig(d_in=6, d_sae=12, architecture="standard")
     init, step = S.make_train(cfg, synthetic, n_steps=10, batch_size=64)
