@@ -580,7 +580,7 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
             untrained = jax.jit(lambda ks: jax.lax.map(lambda k: init(k, {})["params"], ks))(group_keys(cfg, group))
             some = jax.tree.map(lambda u, x: jnp.concatenate([u[None], x[np.array(idx)]]), untrained, models)
             # one model at a time (lax.map, not vmap): a vmapped L-BFGS steps every model until the slowest
-            # one's line search ends, and batched small matmuls run slower on a CPU (2.5x here)
+            # one's line search ends, and batched small matmuls run slower on a CPU (2x here)
             pr = np.asarray(jax.jit(lambda ms: jax.lax.map(lambda mm: jax.lax.map(
                 lambda m: prev_token_probe(cfg, m, ps, controls=False), mm), ms))(some))[..., 0]
             out[f"{group}.probe_steps"] = steps[idx]

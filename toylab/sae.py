@@ -316,15 +316,14 @@ def make_train(cfg: SAEConfig, sample: Callable[[jax.Array, Any, int], jax.Array
         dead = state["since_fired"] >= cfg.dead_window
         warm = jnp.minimum(1.0, (t + 1) / cfg.l1_warm_up_steps) if cfg.l1_warm_up_steps else 1.0
         coef = hp["coefficient"] if cfg.architecture in ("topk", "batchtopk") else hp["coefficient"] * warm
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
         if cfg.architecture in ("topk", "batchtopk"):
             # No latent can be dead before step dead_window, so AuxK (its second selection, about a third of
             # a TopK step) is skipped there; t is the same for every SAE of a grid, so this stays a real branch.
-            (total, aux), grads = jax.lax.cond(
-                t >= cfg.dead_window,
-                lambda: jax.value_and_grad(loss, has_aux=True)(sae, x, coef, dead),
-                lambda: jax.value_and_grad(loss, has_aux=True)(sae, x, coef, None))
+            (total, aux), grads = jax.lax.cond(t >= cfg.dead_window, lambda: grad_fn(sae, x, coef, dead),
+                                               lambda: grad_fn(sae, x, coef, None))
         else:
-            (total, aux), grads = jax.value_and_grad(loss, has_aux=True)(sae, x, coef, dead)
+            (total, aux), grads = grad_fn(sae, x, coef, dead)
         if cfg.architecture in UNIT_NORM:
             grads = eqx.tree_at(lambda s: s.W_dec, grads, _project_out_radial(grads.W_dec, sae.W_dec))
         updates, opt_state = opt.update(grads, state["opt_state"], sae)
