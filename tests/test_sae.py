@@ -235,10 +235,13 @@ def test_interrupted_sae_grid_resumes_to_the_same_bits(tmp_path):
         np.testing.assert_array_equal(whole_logs[k], resumed_logs[k], err_msg=k)
 
 
+@pytest.mark.parametrize("int_count", [False, True])
 @pytest.mark.parametrize("case", ["normal", "ties", "infinities", "negative"])
-def test_kth_largest_equals_top_k(case):
+def test_kth_largest_equals_top_k(case, int_count, monkeypatch):
     """The bisection that selects TopK, AuxK and BatchTopK's latents picks exactly lax.top_k's k-th value,
     ties, -inf (AuxK's live latents) and all-negative rows included; k is traced, per model."""
+    if int_count:  # the int32 count that rows of 2^24 or more use
+        monkeypatch.setattr(S, "FLOAT_COUNT_LIMIT", 0)
     rng = np.random.default_rng(["normal", "ties", "infinities", "negative"].index(case))
     z = rng.normal(size=(32, 48)).astype(np.float32)
     if case == "ties":
@@ -258,3 +261,29 @@ def test_kth_largest_equals_top_k(case):
     mask, kth = S.batch_topk_mask(z, jnp.int32(3), 12)
     assert float(kth) == float(jax.lax.top_k(flat, 32 * 3)[0][-1])
     assert bool((mask == ((z >= kth) & (z > 0))).all())
+
+
+def test_custom_gradients_equal_autodiff():
+    """The encoder's bias gradient summed before its matmul, and the decoder's weight gradient taken as a
+    transposed product, equal plain autodiff (to float rounding), for any batch shape and vmapped over models."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
+    params = tuple(jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((2, 4), (2, 4, 6), (2, 6, 4)))
+
+    def ours(b, W_enc, W_dec, x):
+        return jnp.sum(g * S._decode_matmul(jax.nn.relu(S._centred_matmul(x, b, W_enc)), W_dec))
+
+    def plain(b, W_enc, W_dec, x):
+        return jnp.sum(g * (jax.nn.relu((x - b) @ W_enc) @ W_dec))
+
+    args = (0, 1, 2, 3)
+    for i in range(2):  # one model
+        one = tuple(p[i] for p in params)
+        for a, r in zip(jax.grad(ours, args)(*one, x), jax.grad(plain, args)(*one, x)):
+            np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
+    got = jax.vmap(jax.grad(ours, args), (0, 0, 0, None))(*params, x)  # a grid of models reading one batch
+    want = jax.vmap(jax.grad(plain, args), (0, 0, 0, None))(*params, x)
+    for a, r in zip(got, want):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(got[0]).max()) > 0.1  # the bias gradient is not trivially zero

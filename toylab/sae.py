@@ -108,10 +108,65 @@ def init(key: jax.Array, cfg: SAEConfig) -> SAE:
 # ---------------------------------------------------------------------------
 
 
+@jax.custom_vjp
+def _centred_matmul(x: jax.Array, b: jax.Array, W: jax.Array) -> jax.Array:
+    """(x - b) W, for ``x [..., d_in]``, ``b [d_in]``, ``W [d_in, d_sae]``.
+
+    Why a custom gradient: autodiff takes b's gradient as -Sum_batch (g W^T), a full matmul whose
+    rows are summed afterwards (XLA does not reorder them); -(Sum_batch g) W^T is one
+    vector-matrix product. On 2 CPU cores that matmul was an eighth of a standard SAE's step.
+    """
+    return (x - b) @ W
+
+
+def _centred_fwd(x, b, W):
+    x_in = x - b
+    return x_in @ W, (x_in, W)
+
+
+def _centred_bwd(res, g):
+    x_in, W = res
+    g_rows, x_rows = g.reshape(-1, g.shape[-1]), x_in.reshape(-1, x_in.shape[-1])
+    # x's cotangent is computed only if something needs it (XLA drops it when x is data)
+    return g @ W.T, -(g_rows.sum(0) @ W.T), x_rows.T @ g_rows
+
+
+_centred_matmul.defvjp(_centred_fwd, _centred_bwd)
+
+
+@jax.custom_vjp
+def _decode_matmul(f: jax.Array, W: jax.Array) -> jax.Array:
+    """f W, for latents ``f [..., d_sae]`` and a decoder ``W [d_sae, d_in]``.
+
+    Why a custom gradient: W's gradient f^T g contracts the batch, the leading axis of both
+    operands, and XLA's CPU backend runs that product 1.7x slower than g^T f (the same numbers
+    laid out ``[d_in, d_sae]``). So g^T f is computed and transposed; the barrier stops XLA from
+    folding the transpose back into the slow product (docs/sae-speed.md).
+    """
+    return f @ W
+
+
+def _decode_fwd(f, W):
+    return f @ W, (f, W)
+
+
+def _decode_bwd(res, g):
+    f, W = res
+    g_rows, f_rows = g.reshape(-1, g.shape[-1]), f.reshape(-1, f.shape[-1])
+    return g @ W.T, jax.lax.optimization_barrier(g_rows.T @ f_rows).T
+
+
+_decode_matmul.defvjp(_decode_fwd, _decode_bwd)
+
+
 def pre_acts(sae: SAE, x: jax.Array) -> jax.Array:
     """z (``hook_sae_acts_pre``): ``[..., d_in] -> [..., d_sae]``."""
-    x_in = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
-    return x_in @ sae.W_enc + sae.b_enc
+    if sae.cfg.apply_b_dec_to_input:
+        return _centred_matmul(x, sae.b_dec, sae.W_enc) + sae.b_enc
+    return x @ sae.W_enc + sae.b_enc
+
+
+FLOAT_COUNT_LIMIT = 2**24  # rows shorter than this count in float32 (exact), longer ones in int32
 
 
 def kth_largest(z: jax.Array, k: jax.Array) -> jax.Array:
@@ -127,13 +182,22 @@ def kth_largest(z: jax.Array, k: jax.Array) -> jax.Array:
     bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(z), jnp.int32)
     key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip the magnitude bits
     k = jnp.asarray(k, jnp.int32)
+    # Counts summed in float32, exact below 2^24 (any order of summation gives the same integer): XLA's
+    # CPU backend reduces a float row 1.3x to 1.8x faster than an int32 one (docs/sae-speed.md).
+    exact = z.shape[-1] < FLOAT_COUNT_LIMIT
+
+    def count(m: jax.Array) -> jax.Array:
+        return (jnp.sum(m, -1, keepdims=True, dtype=jnp.float32) if exact
+                else jnp.sum(m, -1, keepdims=True, dtype=jnp.int32))
+
+    k = k.astype(jnp.float32) if exact else k
     lo = jnp.full(z.shape[:-1] + (1,), jnp.iinfo(jnp.int32).min, jnp.int32)
     hi = jnp.full_like(lo, jnp.iinfo(jnp.int32).max)
 
     def body(_, lo_hi):  # invariant: count(key >= lo) >= k > count(key > hi)
         lo, hi = lo_hi
         mid = (lo >> 1) + (hi >> 1) + ((lo | hi) & 1)  # ceil((lo + hi) / 2) without overflow
-        ok = jnp.sum(key >= mid, -1, keepdims=True, dtype=jnp.int32) >= k
+        ok = count(key >= mid) >= k
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
 
     lo, _ = jax.lax.fori_loop(0, 32, body, (lo, hi))
@@ -208,7 +272,7 @@ def encode(sae: SAE, x: jax.Array, k: jax.Array | None = None) -> jax.Array:
 
 def decode(sae: SAE, f: jax.Array) -> jax.Array:
     """x_hat (``hook_sae_recons``): ``[..., d_sae] -> [..., d_in]``."""
-    return f @ sae.W_dec + sae.b_dec
+    return _decode_matmul(f, sae.W_dec) + sae.b_dec
 
 
 def forward(sae: SAE, x: jax.Array, k: jax.Array | None = None) -> jax.Array:
@@ -252,7 +316,7 @@ def loss(sae: SAE, x: jax.Array, coefficient: jax.Array, dead: jax.Array | None 
             z_dead = jnp.where(dead, z, -jnp.inf)
             aux_mask = (z_dead >= kth_largest(z_dead, cfg.n_aux)) & dead
             e = jax.lax.stop_gradient(x - x_hat)
-            e_hat = jnp.where(aux_mask, jax.nn.relu(z), 0.0) @ sae.W_dec  # no bias (Gao et al. App. A.2)
+            e_hat = _decode_matmul(jnp.where(aux_mask, jax.nn.relu(z), 0.0), sae.W_dec)  # no bias (Gao et al. A.2)
             aux_loss = jnp.where(dead.any(), jnp.mean(jnp.sum((e - e_hat) ** 2, -1)) / norm, 0.0)
         sparsity = jnp.float32(0.0)
         total = mse + cfg.aux_coefficient * aux_loss
