@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toylab import tms
-from toylab.train import make_chunk, model_sharding, on_cpu, use_cpu_cores
+from toylab.train import MODEL_AXIS, make_chunk, model_sharding, on_cpu, use_cpu_cores
 
 
 def _time(fn, *args, repeats: int = 3) -> float:
@@ -252,7 +252,7 @@ def bench_sae(rate: float, steps: int) -> list[dict]:
         n = len(hp["coefficient"])
         init, step = S.make_train(exp.sae_config(cfg, arch, cfg.d, d_sae),
                                   lambda key, hp, batch: exp.sparse_codes(key, p, batch) @ G, n_steps=cfg.n_steps,
-                                  batch_size=cfg.batch_size, lr=cfg.lr, data_key=jax.random.key(0))
+                                  batch_size=cfg.batch_size, lr=cfg.lr, data_key=jax.random.key(0), grid_axis=MODEL_AXIS)
         sharding = model_sharding(jax.devices()[:n])
         pad = -(-n // sharding.mesh.devices.size) * sharding.mesh.devices.size  # as train_models pads
         hp = jax.device_put(jax.tree.map(lambda a: jnp.concatenate([a, a[: pad - n]]), hp), sharding)

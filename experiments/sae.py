@@ -44,7 +44,7 @@ from toylab.analysis import superposition as sp
 from toylab.config import require
 from toylab.exercise import Exercise
 from toylab.runs import Run
-from toylab.train import Schedule, model_keys, train_models
+from toylab.train import MODEL_AXIS, Schedule, model_keys, on_cpu, train_models
 
 # ---------------------------------------------------------------------------
 # Config, with presets
@@ -260,13 +260,16 @@ def train_saes(cfg: Config, run: Run, name: str, sae_cfg: S.SAEConfig, sample, p
     source = name.split(".")[0]
     data_key = jax.random.fold_in(jax.random.key(cfg.seed), DATA_IDS[source])
     init, step = S.make_train(sae_cfg, sample, n_steps=n_steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                              data_key=data_key)
+                              data_key=data_key, grid_axis=MODEL_AXIS)
     train_models(directory=run.checkpoints(name), init=init, step=step, keys=model_keys(cfg.seed, group_id, n_models),
                  per_model=per_model, schedule=Schedule(n_steps, cfg.checkpoint_every, cfg.log_every, keep_last=2),
                  meta={"config_hash": config.config_hash(cfg), "group": name}, progress=progress,
                  desc=f"sae/{name} ({n_models} SAEs, d_sae {sae_cfg.d_sae})",
                  snapshot=(lambda s: {"W_dec": s["sae"].W_dec}) if snapshots else None,
-                 snapshot_dir=run.params(name) if snapshots else None)
+                 snapshot_dir=run.params(name) if snapshots else None,
+                 # on a CPU each device steps its SAEs as one vmapped batch (shard_map), so AuxK's choice
+                 # (``grid_axis``) is taken per device, without a cross-device reduction every step
+                 models_per_call=on_cpu(n_models))
 
 
 def train(cfg: Config, run: Run, *, progress: bool = True) -> dict[str, float]:

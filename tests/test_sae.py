@@ -287,3 +287,26 @@ def test_custom_gradients_equal_autodiff():
     for a, r in zip(got, want):
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
     assert float(jnp.abs(got[0]).max()) > 0.1  # the bias gradient is not trivially zero
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("dead_counts", [(0, 0, 0), (2, 1, 3), (2, 10, 0)])
+def test_grid_wide_auxk_choice_steps_like_the_full_auxk(arch, dead_counts):
+    """With ``grid_axis`` a grid chooses AuxK's work from its most dead latents (none: no AuxK; at most n_aux
+    = 3: every dead latent, no selection; more: the full AuxK for all). Each case must step every SAE of
+    the grid as the full AuxK chosen per SAE does."""
+    cfg = S.SAEConfig(d_in=6, d_sae=12, architecture=arch, k=2, dead_window=10)
+    hp = {"coefficient": jnp.array([1, 2, 3]), "scale": jnp.ones(3, jnp.float32)}
+    out = []
+    for grid_axis in (None, "models"):
+        init, step = S.make_train(cfg, synthetic, n_steps=100, batch_size=32, grid_axis=grid_axis)
+        state = jax.vmap(init)(jax.random.split(jax.random.key(0), 3), hp)
+        since = np.zeros((3, 12), np.int32)
+        for m, n_dead in enumerate(dead_counts):
+            since[m, :n_dead] = cfg.dead_window
+        state = {**state, "since_fired": jnp.asarray(since)}
+        out.append(jax.jit(jax.vmap(lambda s, h: step(s, h, jnp.int32(50)), axis_name="models"))(state, hp))
+    (a, la), (b, lb) = out
+    np.testing.assert_allclose(np.asarray(la["loss"]), np.asarray(lb["loss"]), rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(a["sae"]), jax.tree.leaves(b["sae"])):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)

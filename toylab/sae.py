@@ -284,12 +284,14 @@ def forward(sae: SAE, x: jax.Array, k: jax.Array | None = None) -> jax.Array:
 # ---------------------------------------------------------------------------
 
 
-def loss(sae: SAE, x: jax.Array, coefficient: jax.Array, dead: jax.Array | None = None
-         ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss(sae: SAE, x: jax.Array, coefficient: jax.Array, dead: jax.Array | None = None, *,
+         aux_select: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The architecture's training loss on a batch ``x [B, d_in]`` and its parts.
 
     ``coefficient``: lambda (standard, april, jumprelu) or k (topk, batchtopk).
     ``dead``: ``[d_sae]`` bool, the latents AuxK may use (TopK family; None: none).
+    ``aux_select``: False when at most ``n_aux`` latents are dead, so AuxK takes them all (the same
+    latents as the selection would, without its cost).
     Returns (loss, aux) where aux holds ``mse_loss``, ``sparsity_loss``, ``aux_loss``,
     the latents ``f`` ``[B, d_sae]`` and ``kth`` (BatchTopK's smallest kept value).
     """
@@ -314,7 +316,7 @@ def loss(sae: SAE, x: jax.Array, coefficient: jax.Array, dead: jax.Array | None 
         mse = sq.mean() / norm
         if dead is not None:
             z_dead = jnp.where(dead, z, -jnp.inf)
-            aux_mask = (z_dead >= kth_largest(z_dead, cfg.n_aux)) & dead
+            aux_mask = (z_dead >= kth_largest(z_dead, cfg.n_aux)) & dead if aux_select else dead
             e = jax.lax.stop_gradient(x - x_hat)
             e_hat = _decode_matmul(jnp.where(aux_mask, jax.nn.relu(z), 0.0), sae.W_dec)  # no bias (Gao et al. A.2)
             aux_loss = jnp.where(dead.any(), jnp.mean(jnp.sum((e - e_hat) ** 2, -1)) / norm, 0.0)
@@ -349,7 +351,7 @@ def _project_out_radial(grad_W: jax.Array, W: jax.Array) -> jax.Array:
 
 def make_train(cfg: SAEConfig, sample: Callable[[jax.Array, Any, int], jax.Array], *, n_steps: int,
                batch_size: int, lr: float = 1e-3, grad_clip: float | None = None,
-               data_key: jax.Array | None = None) -> tuple[Callable, Callable]:
+               data_key: jax.Array | None = None, grid_axis: str | None = None) -> tuple[Callable, Callable]:
     """Pure ``init(key, hp)`` and ``step(state, hp, t)`` of one SAE, for ``train_models``.
 
     ``sample(key, hp, batch) -> [batch, d_in]``: the activations of step t are drawn
@@ -360,6 +362,12 @@ def make_train(cfg: SAEConfig, sample: Callable[[jax.Array, Any, int], jax.Array
     and resampling only. Without it, each SAE draws from its own key. ``hp``
     holds ``coefficient`` (lambda or k), optionally ``scale`` (the activation
     normalisation; absent for none) and whatever ``sample`` reads. Adam (0.9, 0.999), no weight decay.
+
+    ``grid_axis``: the name of the vmapped axis of a grid of SAEs trained together (``train.MODEL_AXIS``
+    under ``train_models``). TopK and BatchTopK then choose AuxK's work for the whole grid from its
+    largest number of dead latents: none dead, no AuxK (its loss is exactly 0); at most ``n_aux``, AuxK
+    on every dead latent without the selection (the same latents); more, the full AuxK. One choice per
+    step for the grid keeps ``lax.switch`` a real branch (per SAE, vmap would run all three).
     """
     chain = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
     opt = optax.chain(*chain, optax.adam(lr, b1=0.9, b2=0.999))
@@ -384,8 +392,14 @@ def make_train(cfg: SAEConfig, sample: Callable[[jax.Array, Any, int], jax.Array
         if cfg.architecture in ("topk", "batchtopk"):
             # No latent can be dead before step dead_window, so AuxK (its second selection, about a third of
             # a TopK step) is skipped there; t is the same for every SAE of a grid, so this stays a real branch.
-            (total, aux), grads = jax.lax.cond(t >= cfg.dead_window, lambda: grad_fn(sae, x, coef, dead),
-                                               lambda: grad_fn(sae, x, coef, None))
+            if grid_axis is None:
+                branch = jnp.where(t >= cfg.dead_window, 2, 0)
+            else:
+                most = jax.lax.pmax(jnp.sum(dead, dtype=jnp.int32), grid_axis)
+                branch = jnp.where(most == 0, 0, jnp.where(most <= cfg.n_aux, 1, 2))
+            (total, aux), grads = jax.lax.switch(branch, [lambda: grad_fn(sae, x, coef, None),
+                                                          lambda: grad_fn(sae, x, coef, dead, aux_select=False),
+                                                          lambda: grad_fn(sae, x, coef, dead)])
         else:
             (total, aux), grads = grad_fn(sae, x, coef, dead)
         if cfg.architecture in UNIT_NORM:
