@@ -252,12 +252,15 @@ def bench_sae(rate: float, steps: int) -> list[dict]:
         n = len(hp["coefficient"])
         init, step = S.make_train(exp.sae_config(cfg, arch, cfg.d, d_sae),
                                   lambda key, hp, batch: exp.sparse_codes(key, p, batch) @ G, n_steps=cfg.n_steps,
-                                  batch_size=cfg.batch_size, lr=cfg.lr, data_key=jax.random.key(0), grid_axis=MODEL_AXIS)
+                                  batch_size=cfg.batch_size, lr=cfg.lr, data_key=jax.random.key(0),
+                                  grid_axis=MODEL_AXIS)
         sharding = model_sharding(jax.devices()[:n])
         pad = -(-n // sharding.mesh.devices.size) * sharding.mesh.devices.size  # as train_models pads
         hp = jax.device_put(jax.tree.map(lambda a: jnp.concatenate([a, a[: pad - n]]), hp), sharding)
         state = jax.jit(jax.vmap(init), out_shardings=sharding)(jax.random.split(jax.random.key(0), pad), hp)
-        chunk = make_chunk(step, steps, steps, name=f"bench-sae-{arch}", sharding=sharding)
+        # each device steps its SAEs as one batch, as train_saes does (AuxK's choice per device)
+        chunk = make_chunk(step, steps, steps, name=f"bench-sae-{arch}", sharding=sharding,
+                           models_per_call=on_cpu(pad))
         t_step = _time_chunk(chunk, state, hp, 0) / steps
         flops = sae_flops(cfg.batch_size, cfg.d, d_sae) * n
         rows.append({"config": f"sae {arch} {cfg.n_features} in {cfg.d}, d_sae {d_sae} x {n}",
