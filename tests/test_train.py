@@ -123,3 +123,19 @@ def test_hand_written_gradient_equals_autodiff():
         np.testing.assert_allclose(loss2, loss, rtol=1e-6)
         for name in grads:
             np.testing.assert_allclose(grads2[name], grads[name], rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("models_per_call", [None, 3, 1])
+def test_a_collective_over_the_model_axis_spans_the_models_computed_together(models_per_call):
+    """A step may reduce over ``MODEL_AXIS``: over every model when vmapped whole, over each batch of
+    ``models_per_call`` when looped per device (here one device, 7 models: batches 3, 3 and the rest 1)."""
+
+    def step(state, hp, t):
+        return state + jax.lax.pmax(hp, core.MODEL_AXIS), {"loss": jnp.float32(0.0)}
+
+    chunk = core.make_chunk(step, 1, 1, name="collective", models_per_call=models_per_call,
+                            sharding=core.model_sharding(jax.devices()[:1]))
+    hp = jnp.arange(7, dtype=jnp.float32)
+    out, _ = chunk(jnp.zeros(7), hp, jnp.int32(0))
+    want = {None: [6] * 7, 3: [2, 2, 2, 5, 5, 5, 6], 1: list(range(7))}[models_per_call]
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(want, np.float32))
