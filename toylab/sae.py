@@ -316,8 +316,10 @@ def loss(sae: SAE, x: jax.Array, coefficient: jax.Array, dead: jax.Array | None 
         norm = jnp.mean(jnp.sum((x - x.mean(0)) ** 2, -1))  # Gao et al.: MSE over the data's variance
         mse = sq.mean() / norm
         if dead is not None:
-            z_dead = jnp.where(dead, z, -jnp.inf)
-            aux_mask = (z_dead >= kth_largest(z_dead, cfg.n_aux)) & dead if aux_select else dead
+            aux_mask = dead
+            if aux_select:
+                z_dead = jnp.where(dead, z, -jnp.inf)
+                aux_mask = (z_dead >= kth_largest(z_dead, cfg.n_aux)) & dead
             e = jax.lax.stop_gradient(x - x_hat)
             e_hat = _decode_matmul(jnp.where(aux_mask, jax.nn.relu(z), 0.0), sae.W_dec)  # no bias (Gao et al. A.2)
             aux_loss = jnp.where(dead.any(), jnp.mean(jnp.sum((e - e_hat) ** 2, -1)) / norm, 0.0)
@@ -391,8 +393,9 @@ def make_train(cfg: SAEConfig, sample: Callable[[jax.Array, Any, int], jax.Array
         coef = hp["coefficient"] if cfg.architecture in ("topk", "batchtopk") else hp["coefficient"] * warm
         grad_fn = jax.value_and_grad(loss, has_aux=True)
         if cfg.architecture in ("topk", "batchtopk"):
-            # No latent can be dead before step dead_window, so AuxK (its second selection, about a third of
-            # a TopK step) is skipped there; t is the same for every SAE of a grid, so this stays a real branch.
+            # Branches: 0 no AuxK, 1 AuxK on every dead latent, 2 the full AuxK. The index must be the same
+            # for every SAE of a vmapped grid (else vmap runs all three): without grid_axis it comes from t
+            # (no latent can be dead before step dead_window), with it from the grid's largest dead count.
             if grid_axis is None:
                 branch = jnp.where(t >= cfg.dead_window, 2, 0)
             else:
