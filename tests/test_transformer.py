@@ -121,14 +121,24 @@ def test_run_with_cache_equals_a_hand_computed_forward(positions):
                                        acts[f"blocks.{l}.attn.hook_pattern", h], atol=2e-5)
 
 
-def test_last_only_and_the_factored_embedding_agree_with_the_full_pass():
-    # Big batch, small vocab: layer 0 then reads W_E and W_pos factored (see _Embedded).
-    cfg = tf.TransformerConfig(**{**CFG.__dict__, "d_vocab": 4})
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_last_only_and_the_factored_embedding_agree_with_the_full_pass(n_layers):
+    # Big batch, small vocab: layer 0 then reads W_E and W_pos factored (see _Embedded); with one
+    # layer and last_only, the residual stream is embedded at the last position only.
+    cfg = tf.TransformerConfig(**{**CFG.__dict__, "d_vocab": 4, "n_layers": n_layers})
     m, toks = model(cfg), jax.random.randint(jax.random.key(3), (40, 6), 0, 4)
     full = tf.forward(m, toks)
     unfactored = tf.run_with_hooks(m, toks, [("hook_embed", lambda x, _: x)])  # a hook on the input disables it
     np.testing.assert_allclose(full, unfactored, atol=1e-5)
     np.testing.assert_allclose(tf.forward(m, toks, last_only=True), full[:, -1:], atol=1e-5)
+    # gradients too: the shortened stream's backward pass reaches W_E and W_pos as the full one does
+    grads = [jax.grad(lambda m: f(m)[:, -1].sum())(m) for f in (
+        lambda m: tf.forward(m, toks, last_only=True), lambda m: tf.run_with_hooks(m, toks, [("hook_embed", lambda x, _: x)]))]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # a cache of the input hooks still holds every position
+    _, cache = tf.run_with_cache(m, toks, ["hook_embed", "blocks.0.hook_resid_pre"], last_only=True)
+    assert cache["hook_embed"].shape == cache["blocks.0.hook_resid_pre"].shape == (40, 6, cfg.d_model)
 
 
 def test_a_patch_hook_changes_exactly_what_it_should():

@@ -322,14 +322,18 @@ def _attention(attn: Attention, x_q, x_k, x_v, hk: _Hooks, b: str, n_q: int, rot
 def _run(model: Transformer, tokens: jax.Array, hk: _Hooks, last_only: bool) -> jax.Array:
     cfg = model.cfg
     n = tokens.shape[-1]
-    embed = hk("hook_embed", model.embed.W_E[tokens])
-    pos = hk("hook_pos_embed", jnp.broadcast_to(model.pos_embed.W_pos[:n], embed.shape))
+    inputs = ("hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre")
+    # Layer 0 may read its input factored (see _Embedded), unless a hook edits that input.
+    factored = model.blocks[0].ln1 is None and cfg.d_vocab + n < tokens.size and not any(map(hk.edits, inputs))
+    # A one-layer model's residual stream then enters the output only at the query positions
+    # (keys and values read the factored input), so unless a hook reads it the stream is
+    # embedded only there: grokking's backward pass no longer pads and scatters zero rows.
+    n_in = 1 if factored and last_only and cfg.n_layers == 1 and not any(map(hk.keep, inputs)) else n
+    embed = hk("hook_embed", model.embed.W_E[tokens[:, n - n_in:]])
+    pos = hk("hook_pos_embed", jnp.broadcast_to(model.pos_embed.W_pos[n - n_in:n], embed.shape))
     shortformer = cfg.positional_embedding == "shortformer"
     rotary = cfg.positional_embedding == "rotary"
     resid = embed if shortformer or rotary else embed + pos
-    # Layer 0 may read its input factored (see _Embedded), unless a hook edits that input.
-    factored = (model.blocks[0].ln1 is None and cfg.d_vocab + n < tokens.size
-                and not any(hk.edits(h) for h in ("hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre")))
     W_pos = model.pos_embed.W_pos[:n]
     for l, block in enumerate(model.blocks):
         b = f"blocks.{l}"
@@ -344,7 +348,7 @@ def _run(model: Transformer, tokens: jax.Array, hk: _Hooks, last_only: bool) -> 
         n_q = 1 if last_only and l == cfg.n_layers - 1 else n
         attn_out = hk(f"{b}.hook_attn_out", _attention(block.attn, x_qk, x_qk, x, hk, f"{b}.attn", n_q,
                                                        cfg.rotary_base if rotary else None))
-        resid = resid[:, n - n_q:] + attn_out
+        resid = resid[:, resid.shape[1] - n_q:] + attn_out
         if block.mlp is not None:
             resid = hk(f"{b}.hook_resid_mid", resid)
             x = _layer_norm(block.ln2, resid)
