@@ -136,6 +136,9 @@ def test_last_only_and_the_factored_embedding_agree_with_the_full_pass(n_layers)
         lambda m: tf.forward(m, toks, last_only=True), lambda m: tf.run_with_hooks(m, toks, [("hook_embed", lambda x, _: x)]))]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    # a model loaded from disk holds numpy arrays; tokens closed over in a jitted function are sliced when traced
+    m_np, toks_j = jax.tree.map(np.asarray, m), jnp.asarray(toks)
+    np.testing.assert_allclose(jax.jit(lambda: tf.forward(m_np, toks_j, last_only=True))(), full[:, -1:], atol=1e-5)
     # a cache of the input hooks still holds every position
     _, cache = tf.run_with_cache(m, toks, ["hook_embed", "blocks.0.hook_resid_pre"], last_only=True)
     assert cache["hook_embed"].shape == cache["blocks.0.hook_resid_pre"].shape == (40, 6, cfg.d_model)

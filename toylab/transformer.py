@@ -329,7 +329,7 @@ def _run(model: Transformer, tokens: jax.Array, hk: _Hooks, last_only: bool) -> 
     # (keys and values read the factored input), so unless a hook reads it the stream is
     # embedded only there: grokking's backward pass no longer pads and scatters zero rows.
     n_in = 1 if factored and last_only and cfg.n_layers == 1 and not any(map(hk.keep, inputs)) else n
-    embed = hk("hook_embed", model.embed.W_E[tokens[:, n - n_in:]])
+    embed = hk("hook_embed", jnp.asarray(model.embed.W_E)[tokens[:, n - n_in:]])  # W_E may be a numpy array
     pos = hk("hook_pos_embed", jnp.broadcast_to(model.pos_embed.W_pos[n - n_in:n], embed.shape))
     shortformer = cfg.positional_embedding == "shortformer"
     rotary = cfg.positional_embedding == "rotary"
