@@ -132,8 +132,9 @@ def test_last_only_and_the_factored_embedding_agree_with_the_full_pass(n_layers)
     np.testing.assert_allclose(full, unfactored, atol=1e-5)
     np.testing.assert_allclose(tf.forward(m, toks, last_only=True), full[:, -1:], atol=1e-5)
     # gradients too: the shortened stream's backward pass reaches W_E and W_pos as the full one does
-    grads = [jax.grad(lambda m: f(m)[:, -1].sum())(m) for f in (
-        lambda m: tf.forward(m, toks, last_only=True), lambda m: tf.run_with_hooks(m, toks, [("hook_embed", lambda x, _: x)]))]
+    shortened = lambda m: tf.forward(m, toks, last_only=True)  # noqa: E731
+    whole = lambda m: tf.run_with_hooks(m, toks, [("hook_embed", lambda x, _: x)])  # noqa: E731
+    grads = [jax.grad(lambda m: f(m)[:, -1].sum())(m) for f in (shortened, whole)]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_allclose(a, b, atol=1e-5)
     # a model loaded from disk holds numpy arrays; tokens closed over in a jitted function are sliced when traced
