@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toylab import tms
-from toylab.train import MODEL_AXIS, make_chunk, model_sharding, on_cpu, use_cpu_cores
+from toylab.train import MODEL_AXIS, full_float32_matmuls, make_chunk, model_sharding, on_cpu, use_cpu_cores
 
 
 def _time(fn, *args, repeats: int = 3) -> float:
@@ -305,6 +305,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=200, help="steps per timed chunk")
     args = parser.parse_args(argv)
     use_cpu_cores()
+    full_float32_matmuls()  # as every experiment trains
     rate = matmul_rate()
     print(f"devices: {len(jax.devices())} x {jax.devices()[0].device_kind}; "
           f"float32 matmul rate measured here: {rate / 1e9:.0f} GFLOP/s")

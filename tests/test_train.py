@@ -139,3 +139,27 @@ def test_a_collective_over_the_model_axis_spans_the_models_computed_together(mod
     out, _ = chunk(jnp.zeros(7), hp, jnp.int32(0))
     want = {None: [6] * 7, 3: [2, 2, 2, 5, 5, 5, 6], 1: list(range(7))}[models_per_call]
     np.testing.assert_array_equal(np.asarray(out), np.asarray(want, np.float32))
+
+
+def test_full_float32_matmuls_changes_no_bits_on_cpu():
+    """The experiments ask for float32 matmuls (TF32 on a GPU otherwise); on a CPU the same program results."""
+    from toylab.train import full_float32_matmuls
+
+    kx, kw = jax.random.split(jax.random.key(0))
+    x, W = jax.random.normal(kx, (64, 96)), jax.random.normal(kw, (96, 48))
+
+    def loss(W):
+        return jnp.sum((jnp.tanh(x @ W) @ W.T) ** 2)
+
+    before = jax.config.jax_default_matmul_precision  # an in-process CLI test may have set it already
+    try:
+        jax.config.update("jax_default_matmul_precision", None)
+        assert "HIGHEST" not in jax.jit(loss).lower(W).as_text()
+        plain = jax.jit(jax.value_and_grad(loss))(W)
+        full_float32_matmuls()
+        assert "HIGHEST" in jax.jit(loss).lower(W).as_text()  # the setting reached the program
+        full = jax.jit(jax.value_and_grad(loss))(W)
+    finally:
+        jax.config.update("jax_default_matmul_precision", before)
+    for a, b in zip(plain, full):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -174,9 +174,10 @@ def _is_number(s: str) -> bool:
 def main_guard(main: Callable[[], int]) -> None:
     """Run ``main``; a ConfigError or a CheckpointError becomes one line on stderr and exit 2."""
     from toylab.checkpoint import CheckpointError
-    from toylab.train import use_cpu_cores
+    from toylab.train import full_float32_matmuls, use_cpu_cores
 
     use_cpu_cores()
+    full_float32_matmuls()
     try:
         code = main()
     except (ConfigError, CheckpointError) as e:

@@ -186,6 +186,17 @@ def use_cpu_cores() -> None:
         pass  # backends already initialised (tests set their own device count)
 
 
+def full_float32_matmuls() -> None:
+    """Multiply float32 matrices in full float32 on every backend (``jax_default_matmul_precision``).
+
+    Why: on recent NVIDIA GPUs JAX's default rounds float32 matmul inputs to TensorFloat-32 (10 bits of
+    mantissa), while the papers' PyTorch code multiplies in float32 (PyTorch's default since 1.12). A CPU
+    computes float32 either way: its compiled programs differ only by the precision annotation, and
+    give the same bits (tests/test_train.py).
+    """
+    jax.config.update("jax_default_matmul_precision", "highest")
+
+
 def model_sharding(devices: list | None = None) -> NamedSharding:
     """Shard a leading model axis across ``devices`` (all by default)."""
     devices = jax.devices() if devices is None else devices
