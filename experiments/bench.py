@@ -285,7 +285,7 @@ def bench_originals(rows: list[dict], grok: dict, sae: list[dict]) -> None:
         return
     from experiments import bench_torch
 
-    print("the PyTorch originals, same machine (experiments/bench_torch.py):")
+    print(f"the PyTorch originals, same machine, torch on {bench_torch.DEVICE} (experiments/bench_torch.py):")
     for r, (k, n, m) in zip(rows, ((10, 5, 2), (20, 20, 5), (20, 200, 20))):
         torch_s = bench_torch.superposition_step(k, n, m, steps=100 if n < 200 else 30) * 1e4
         print(f"  {r['config']:42s} notebook {torch_s:7.1f} s/10k steps, ours {r['s_per_10k']:6.1f} "

@@ -18,14 +18,34 @@ rewritten in torch:
   trains them, on the synthetic activations of ``experiments/sae.py``.
 
 Each returns seconds per step: the best of three timed runs after a warm-up, with
-torch's default threads (one per core).
+torch's default threads (one per core), on the GPU when torch sees one (as the originals ran),
+in float32 (PyTorch's default: no TensorFloat-32 in matmuls).
 """
 
+import functools
 import time
 
 import numpy as np
 import torch
 from torch import nn
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _on_device(fn):
+    """Run ``fn`` with ``DEVICE`` as the default device of every tensor it and its step create."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with torch.device(DEVICE):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":  # kernels run asynchronously: time them to the end
+        torch.cuda.synchronize()
 
 
 def _best_time(step, steps: int, warmup: int = 10, repeats: int = 3) -> float:
@@ -33,13 +53,16 @@ def _best_time(step, steps: int, warmup: int = 10, repeats: int = 3) -> float:
         step(0)
     best = float("inf")
     for _ in range(repeats):
+        _sync()
         t = time.perf_counter()
         for i in range(steps):
             step(i)
+        _sync()
         best = min(best, (time.perf_counter() - t) / steps)
     return best
 
 
+@_on_device
 def superposition_step(n_instances: int, n_features: int, n_hidden: int, batch_size: int = 1024,
                        steps: int = 100) -> float:
     """Seconds per step of the notebook's loop, densities ``20 ** -linspace(0, 1, n_instances)``."""
@@ -107,6 +130,7 @@ def _cross_entropy_high_precision(logits: torch.Tensor, labels: torch.Tensor) ->
     return -torch.gather(logprobs, index=labels[:, None], dim=-1).mean()
 
 
+@_on_device
 def grokking_step(p: int = 113, frac_train: float = 0.3, d_model: int = 128, n_heads: int = 4, d_head: int = 32,
                   d_mlp: int = 512, eval_every: int = 10, steps: int = 50) -> float:
     """Seconds per epoch (one full-batch step, and the test loss every ``eval_every``)."""
@@ -114,7 +138,8 @@ def grokking_step(p: int = 113, frac_train: float = 0.3, d_model: int = 128, n_h
     pairs = np.array([(a, b, p) for a in range(p) for b in range(p)])
     order = np.random.RandomState(0).permutation(len(pairs))
     n_train = int(frac_train * len(pairs))
-    train, test = torch.as_tensor(pairs[order[:n_train]]), torch.as_tensor(pairs[order[n_train:]])
+    train, test = (torch.as_tensor(pairs[order[:n_train]], device=DEVICE),
+                   torch.as_tensor(pairs[order[n_train:]], device=DEVICE))
     train_labels, test_labels = (train[:, 0] + train[:, 1]) % p, (test[:, 0] + test[:, 1]) % p
     model = _GrokTransformer(p, d_model, n_heads, d_head, d_mlp)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98))
@@ -133,6 +158,7 @@ def grokking_step(p: int = 113, frac_train: float = 0.3, d_model: int = 128, n_h
     return _best_time(step, steps)
 
 
+@_on_device
 def sae_step(n_features: int = 128, d: int = 64, d_sae: int = 256, batch_size: int = 128, mean_active: float = 5.0,
              decay: float = 0.99, l1_coefficient: float = 0.1, steps: int = 100) -> float:
     """Seconds per step of one standard SAE, SAELens' training loop written plainly.
