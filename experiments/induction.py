@@ -575,9 +575,13 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
             # compiled call; with its controls (before layer 0, shuffled labels) on the final models
             ps = probe_set(cfg)
             idx = sorted(set(range(0, len(steps), PROBE_EVERY)) | {len(steps) - 1})
-            init, _ = make_train(cfg, GROUPS[group])
-            # lax.map, not vmap: the same bits, and a batched random draw compiles about 3x slower (7.5 s)
-            untrained = jax.jit(lambda ks: jax.lax.map(lambda k: init(k, {})["params"], ks))(group_keys(cfg, group))
+            if steps[0] == 0:  # the step-0 snapshot is the initialisation, bit for bit
+                untrained = jax.tree.map(lambda x: x[0], models)
+            else:
+                init, _ = make_train(cfg, GROUPS[group])
+                # lax.map, not vmap: the same bits, and a batched random draw compiles about 3x slower (7.5 s)
+                untrained = jax.jit(lambda ks: jax.lax.map(lambda k: init(k, {})["params"], ks))(
+                    group_keys(cfg, group))
             some = jax.tree.map(lambda u, x: jnp.concatenate([u[None], x[np.array(idx)]]), untrained, models)
             # one model at a time (lax.map, not vmap): a vmapped L-BFGS steps every model until the slowest
             # one's line search ends, and batched small matmuls run slower on a CPU (2x here)

@@ -114,3 +114,14 @@ def test_smoke_end_to_end(smoke_run):
     assert a["1L.prev_token_score"].shape == (n_snap, cfg.n_control_seeds, 1, cfg.n_heads)
     assert cfg.n_control_seeds != cfg.n_seeds  # the groups' seed counts are kept apart
     assert a["2L.ablation"].shape == (cfg.n_seeds, 2, cfg.n_heads)
+
+
+def test_the_step_0_snapshot_is_the_initialisation(smoke_run):
+    """The analysis reads the untrained models (the probe's control) from the step-0 snapshots."""
+    cfg = exp.PRESETS["smoke"]
+    steps, models = exp.load_snapshots(cfg, runs.open(smoke_run("induction")), "2L")
+    init, _ = exp.make_train(cfg, 2)
+    fresh = jax.jit(lambda ks: jax.lax.map(lambda k: init(k, {})["params"], ks))(exp.group_keys(cfg, "2L"))
+    assert steps[0] == 0
+    for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(jax.tree.map(lambda x: x[0], models))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
