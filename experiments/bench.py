@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toylab import tms
+from toylab import report, tms
 from toylab.train import MODEL_AXIS, full_float32_matmuls, make_chunk, model_sharding, on_cpu, use_cpu_cores
 
 
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     use_cpu_cores()
     full_float32_matmuls()  # as every experiment trains
     rate = matmul_rate()
-    print(f"devices: {len(jax.devices())} x {jax.devices()[0].device_kind}; "
+    print(f"cpu: {report.cpu()}; devices: {len(jax.devices())} x {jax.devices()[0].device_kind}; "
           f"float32 matmul rate measured here: {rate / 1e9:.0f} GFLOP/s")
     rows = bench_superposition(rate, args.steps)
     head = f"{'configuration':42s} {'s/10k steps':>12s} {'roofline':>9s} {'x roofline':>10s} " \

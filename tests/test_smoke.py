@@ -21,7 +21,9 @@ def test_smoke_end_to_end(smoke_run):
     for f in rep["figures"]:
         assert (run / f["path"]).stat().st_size > 10_000
         assert (figs / f["path"].split("/")[-1]).exists()
-    assert "| check | measured | paper | result |" in (run / "report.md").read_text()
+    md = (run / "report.md").read_text()
+    assert "| check | measured | paper | result |" in md
+    assert "cores" in rep["provenance"]["cpu"] and f"Trained on: {rep['provenance']['cpu']}." in md
 
     # plot re-renders from saved analysis, byte for byte, without touching checkpoints
     ckpts = {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*") if p.is_file()}

@@ -40,6 +40,29 @@ class Table:
     caption: str  # how to read it
 
 
+def cpu() -> str:
+    """This machine's processor: model, x86 family and model, cores, widest vector instructions.
+
+    Why: a 2-core machine of one name can be of two CPU generations (AMD EPYC of family 25, model 1
+    (Zen 3, AVX2) or model 17 (Zen 4, AVX-512)); their matmul rates and some ops' costs differ by 1.3x
+    to 6x, so a wall time means little without it (docs/sae-speed.md).
+    """
+    import os
+
+    try:
+        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    info = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = set(info.get("flags", "").split())
+    isa = ("AVX-512" + (" with bfloat16" if "avx512_bf16" in flags else "") if "avx512f" in flags
+           else "AVX2" if "avx2" in flags else "")
+    where = f" (family {info['cpu family']}, model {info['model']})" if "cpu family" in info else ""
+    return ", ".join(x for x in (info.get("model name", platform.machine()) + where, f"{os.cpu_count()} cores", isa)
+                     if x)
+
+
 def provenance(wall_s: float | None = None) -> dict[str, Any]:
     """Git commit, package versions, device and wall time of this run."""
     import jax
@@ -63,6 +86,7 @@ def provenance(wall_s: float | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "devices": [str(d) for d in jax.devices()],
         "device_kind": jax.devices()[0].device_kind,
+        "cpu": cpu(),
         "wall_time_s": wall_s,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -116,6 +140,9 @@ def write(
         lines += [f"![{Path(f.path).stem}]({f.path})", "", f"*{f.caption}*", ""]
     lines += ["## Config", "", "```json", json.dumps(config, indent=2), "```", "",
               "## Wall time (s)", "", *(f"- {k}: {v:.1f}" for k, v in wall_time_s.items()), ""]
+    machine = (report.get("provenance") or {}).get("cpu")
+    if machine:  # training's machine (provenance.json), the one the times above mostly measure
+        lines += [f"Trained on: {machine}.", ""]
     (run_dir / "report.md").write_text("\n".join(lines))
     (run_dir / "report.html").write_text(to_html(report, run_dir))
     return report
