@@ -63,6 +63,7 @@ class Config:
     warmup_steps: int = 10  # linear lr warm-up from 0 (paper's code: 10)
     n_steps: int = 40_000  # full-batch AdamW steps, one per epoch (paper: 40,000 epochs)
     checkpoint_every: int = 100  # epochs between checkpoints, the analysis's time resolution (paper: 100)
+    resume_every: int = 10  # snapshots per full-state checkpoint (1: every one); a killed run repeats at most these
     eval_every: int = 10  # epochs between test-loss evaluations (paper: 1; see the module docstring)
     n_seeds: int = 1  # models trained side by side in one vmapped program (paper's figures: 1)
     seed: int = 0  # seed s trains split random.seed(seed + s) and initialisation key (seed + s)
@@ -73,7 +74,8 @@ class Config:
     def __post_init__(self) -> None:
         require(self.p >= 3 and all(self.p % d for d in range(2, int(self.p**0.5) + 1)), "p", "a prime >= 3", self.p)
         require(0 < self.frac_train < 1, "frac_train", "in (0, 1)", self.frac_train)
-        for f in ("d_model", "n_heads", "d_head", "d_mlp", "n_steps", "checkpoint_every", "eval_every", "n_seeds"):
+        for f in ("d_model", "n_heads", "d_head", "d_mlp", "n_steps", "checkpoint_every", "resume_every", "eval_every",
+                  "n_seeds"):
             require(getattr(self, f) > 0, f, "a positive integer", getattr(self, f))
         require(self.lr > 0, "lr", "positive", self.lr)
         require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
@@ -252,7 +254,8 @@ def train(cfg: Config, run: Run, points: Sequence[Config] = (), *, devices=None,
     with jax.enable_x64(True):  # float64 exists only for the cross-entropy; every weight is float32
         train_models(
             directory=run.checkpoints(), init=init, step=step, keys=keys, per_model=jax.tree.map(jnp.asarray, hp),
-            schedule=Schedule(cfg.n_steps, cfg.checkpoint_every, log_every=1, keep_last=2),
+            schedule=Schedule(cfg.n_steps, cfg.checkpoint_every, log_every=1, resume_every=cfg.resume_every,
+                              keep_last=2),
             meta={"config_hash": sweep.points_hash(points)},
             devices=devices, progress=progress, desc=f"grokking ({n} model{'s' * (n > 1)})",
             snapshot=lambda state: state["params"], snapshot_dir=run.params(), models_per_call=on_cpu(1),

@@ -76,6 +76,7 @@ class Config:
     batch_size: int = 32  # sequences per step
     n_steps: int = 8_000  # optimisation steps per model (the phase change falls at ~4.7k-6.5k steps)
     checkpoint_every: int = 100  # steps between snapshots: the time resolution of every metric
+    resume_every: int = 10  # snapshots per full-state checkpoint (1: every one); a killed run repeats at most these
     log_every: int = 20  # training loss is averaged over this many steps and logged
     n_seeds: int = 4  # 2-layer models trained side by side
     n_control_seeds: int = 2  # 1-layer controls (they only have to stay on the plateau; 4 would add a minute)
@@ -87,7 +88,7 @@ class Config:
 
     def __post_init__(self) -> None:
         for f in ("n_tokens", "seq_len", "repeat_min", "d_model", "n_heads", "d_head", "batch_size", "n_steps",
-                  "checkpoint_every", "log_every", "n_seeds", "n_control_seeds", "eval_batch"):
+                  "checkpoint_every", "resume_every", "log_every", "n_seeds", "n_control_seeds", "eval_batch"):
             require(getattr(self, f) > 0, f, "a positive integer", getattr(self, f))
         require(self.n_tokens >= 2, "n_tokens", ">= 2", self.n_tokens)
         require(self.repeat_min <= self.repeat_max, "repeat_max", f">= repeat_min={self.repeat_min}",
@@ -265,11 +266,6 @@ def make_train(cfg: Config, n_layers: int):
     return init, step
 
 
-# Full-state checkpoints (to resume) every this many snapshots: a snapshot is the
-# parameters alone, and writing the optimiser state too after every one cost ~10% of the run.
-RESUME_EVERY = 10
-
-
 def group_keys(cfg: Config, group: str) -> jax.Array:
     """Key of model k of a group: a pure function of (seed, group, k)."""
     return model_keys(cfg.seed, list(GROUPS).index(group), n_models(cfg, group))
@@ -289,7 +285,7 @@ def train(cfg: Config, run: Run, points: Sequence[Config] = (), *, devices=None,
             directory=run.checkpoints(group), init=init, step=step,
             keys=jnp.concatenate([group_keys(pt, group) for pt in points]),
             per_model={"model": jnp.arange(n * len(points))} | jax.tree.map(jnp.asarray, hp),
-            schedule=Schedule(cfg.n_steps, cfg.checkpoint_every, cfg.log_every, resume_every=RESUME_EVERY,
+            schedule=Schedule(cfg.n_steps, cfg.checkpoint_every, cfg.log_every, resume_every=cfg.resume_every,
                               keep_last=2),
             meta={"config_hash": sweep.points_hash(points), "group": group},
             devices=devices, progress=progress, desc=f"induction/{group} ({n * len(points)} models)",

@@ -30,7 +30,8 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path, whole_sweep)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOYLAB_CPU_DEVICES": "1"}  # one device per process
     # the whole sweep's first program alone: its two weight decays at d_mlp 32
     assert SWEEP_ARGS[:4] == ["--sweep", "weight_decay=1,0.3", "--sweep", "d_mlp=32,64"]
-    args = ["--sweep", "weight_decay=1,0.3", "--d-mlp", "32", *SWEEP_ARGS[4:]]
+    # a full state after every chunk (--resume-every 1), so the first chunk's is the one each process writes
+    args = ["--sweep", "weight_decay=1,0.3", "--d-mlp", "32", *SWEEP_ARGS[4:], "--resume-every", "1"]
 
     def launch(extra_env: dict) -> list[subprocess.CompletedProcess]:
         port = _free_port()

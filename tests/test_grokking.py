@@ -81,10 +81,12 @@ def test_smoke_end_to_end(smoke_run):
     for f in rep["figures"]:
         assert (run / f["path"]).stat().st_size > 10_000 and (figs / Path(f["path"]).name).exists()
     cfg = exp.PRESETS["smoke"]
-    # a snapshot every checkpoint_every epochs, from 0; only the last two full states are kept to resume
+    # a snapshot every checkpoint_every epochs, from 0; a full state every resume_every snapshots and
+    # after the last, of which the last two are kept to resume
     r = runs.open(run)
     assert checkpoint.steps(r.params()) == list(range(0, cfg.n_steps + 1, cfg.checkpoint_every))
-    assert checkpoint.steps(r.checkpoints()) == [cfg.n_steps - cfg.checkpoint_every, cfg.n_steps]
+    every = cfg.resume_every * cfg.checkpoint_every
+    assert checkpoint.steps(r.checkpoints()) == sorted({*range(every, cfg.n_steps + 1, every), cfg.n_steps})[-2:]
     steps, models = r.snapshots(exp.init_model(jax.random.key(0), cfg))
     assert models.blocks[0].attn.W_Q.shape == (len(steps), 1, cfg.n_heads, cfg.d_model, cfg.d_head)  # TL shapes
     # the losses logged while training equal those recomputed from the snapshots
