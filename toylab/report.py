@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import html
 import json
+import os
 import platform
 import subprocess
 import time
@@ -47,14 +48,11 @@ def cpu() -> str:
     (Zen 3, AVX2) or model 17 (Zen 4, AVX-512)); their matmul rates and some ops' costs differ by 1.3x
     to 6x, so a wall time means little without it (docs/sae-speed.md).
     """
-    import os
-
     try:
-        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]  # the first core's entry
     except OSError:
         return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    info = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
-    info = {k.strip(): v.strip() for k, v in info.items()}
+    info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block.splitlines() if ":" in line)}
     flags = set(info.get("flags", "").split())
     isa = ("AVX-512" + (" with bfloat16" if "avx512_bf16" in flags else "") if "avx512f" in flags
            else "AVX2" if "avx2" in flags else "")
