@@ -121,12 +121,15 @@ def test_run_with_cache_equals_a_hand_computed_forward(positions):
                                        acts[f"blocks.{l}.attn.hook_pattern", h], atol=2e-5)
 
 
-@pytest.mark.parametrize("n_layers", [1, 2])
-def test_last_only_and_the_factored_embedding_agree_with_the_full_pass(n_layers):
-    # Big batch, small vocab: layer 0 then reads W_E and W_pos factored (see _Embedded); with one
-    # layer and last_only, the residual stream is embedded at the last position only.
-    cfg = tf.TransformerConfig(**{**CFG.__dict__, "d_vocab": 4, "n_layers": n_layers})
+@pytest.mark.parametrize("n_layers,positions", [(1, "standard"), (2, "standard"), (1, "shortformer")])
+def test_last_only_and_the_factored_embedding_agree_with_the_full_pass(n_layers, positions):
+    # Big batch, small vocab: layer 0 then reads W_E and W_pos factored (see _Embedded), and its
+    # scores from the table of (token, position) pairs (_table_scores); with one layer and
+    # last_only, the residual stream is embedded at the last position only.
+    cfg = tf.TransformerConfig(**{**CFG.__dict__, "d_vocab": 4, "n_layers": n_layers, "positional_embedding": positions})
     m, toks = model(cfg), jax.random.randint(jax.random.key(3), (40, 6), 0, 4)
+    x = tf._Embedded(toks, m.embed.W_E, m.pos_embed.W_pos)
+    assert tf._table_scores(x, x, m.blocks[0].attn) is not None  # the table path is the one tested here
     full = tf.forward(m, toks)
     unfactored = tf.run_with_hooks(m, toks, [("hook_embed", lambda x, _: x)])  # a hook on the input disables it
     np.testing.assert_allclose(full, unfactored, atol=1e-5)
