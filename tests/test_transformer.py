@@ -126,7 +126,8 @@ def test_last_only_and_the_factored_embedding_agree_with_the_full_pass(n_layers,
     # Big batch, small vocab: layer 0 then reads W_E and W_pos factored (see _Embedded), and its
     # scores from the table of (token, position) pairs (_table_scores); with one layer and
     # last_only, the residual stream is embedded at the last position only.
-    cfg = tf.TransformerConfig(**{**CFG.__dict__, "d_vocab": 4, "n_layers": n_layers, "positional_embedding": positions})
+    cfg = tf.TransformerConfig(**{**CFG.__dict__, "d_vocab": 4, "n_layers": n_layers,
+                                  "positional_embedding": positions})
     m, toks = model(cfg), jax.random.randint(jax.random.key(3), (40, 6), 0, 4)
     x = tf._Embedded(toks, m.embed.W_E, m.pos_embed.W_pos)
     assert tf._table_scores(x, x, m.blocks[0].attn) is not None  # the table path is the one tested here

@@ -294,7 +294,7 @@ def _table_scores(x_q: _Embedded, x_k: _Embedded, attn: Attention) -> jax.Array 
 
     Why: grokking's 3,830 inputs draw their three tokens from 114, so the 4 x 114 x 342 query-key
     table is a tenth the size of the per-input keys; gathering from it leaves the backward pass no
-    per-input key gradients to transpose and scatter (about 6% of a grokking step on 2 CPU cores).
+    per-input key gradients to transpose and scatter (about 7% of a grokking step on 2 CPU cores).
     """
     n_heads, d_head = attn.W_Q.shape[0], attn.W_Q.shape[-1]
     n_rows_q = x_q.W_E.shape[0] * (1 if x_q.W_pos is None else x_q.W_pos.shape[0])
