@@ -297,6 +297,7 @@ def _table_scores(x_q: _Embedded, x_k: _Embedded, attn: Attention) -> jax.Array 
     per-input key gradients to transpose and scatter (about 7% of a grokking step on 2 CPU cores).
     """
     n_heads, d_head = attn.W_Q.shape[0], attn.W_Q.shape[-1]
+    # Sized from the shapes first: outside jit, building a large model's rows just to reject them would cost memory.
     n_rows_q = x_q.W_E.shape[0] * (1 if x_q.W_pos is None else x_q.W_pos.shape[0])
     n_rows_k = x_k.W_E.shape[0] * (1 if x_k.W_pos is None else x_k.W_pos.shape[0])
     if x_q.tokens.ndim != 2 or n_rows_q * n_rows_k > x_k.tokens.size * d_head:
