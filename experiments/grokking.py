@@ -333,6 +333,7 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     train_idx, test_idx = split(p, cfg.frac_train, cfg.seed + seed)
     final = _index(models, -1)
     out: dict[str, np.ndarray] = {}
+    t0 = time.perf_counter()  # each part's seconds go into the report's wall times
 
     # The final model: which frequencies, and how the circuit uses them.
     we = fourier.component_norms(F, np.asarray(final.embed.W_E)[:p])
@@ -368,6 +369,8 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     out["ablation_losses"] = np.array([loss_with(lambda h: h), loss_with(project(keys, True))]
                                       + [loss_with(project([k], False)) for k in keys])
 
+    experiment.record("fourier_and_ablations", time.perf_counter() - t0)
+    t0 = time.perf_counter()
     # Progress measures over every snapshot, with the final model's key frequencies.
     per = progress_measures(models, jnp.asarray(pairs), y, train_idx, test_idx, fourier.sum_directions(p, keys),
                             np.stack([fourier.sum_directions(p, [k]) for k in keys]))
@@ -380,6 +383,7 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     out["ckpt_gini_W_E"] = np.array([fourier.gini(fourier.frequency_norms(x)) for x in out["ckpt_W_E_norms"]])
     out["ckpt_gini_W_L"] = np.array([fourier.gini(fourier.frequency_norms(x)) for x in out["ckpt_W_L_norms"]])
     out["ckpt_sum_sq"] = np.array([sum_sq(_index(models, t)) for t in range(n)])
+    experiment.record("progress_measures", time.perf_counter() - t0)
     return out
 
 
@@ -432,7 +436,7 @@ def toolbox_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     final = _index(models, -1)
     rng = np.random.default_rng(cfg.seed + seed)
     out: dict[str, np.ndarray] = {}
-    seconds = [time.perf_counter()]  # wall time of each verb, for the README's cost table
+    seconds = [time.perf_counter()]  # wall time of each verb, for the report's wall times
 
     # Direct logit attribution at '=' to logit[c*] - mean logit, and logits from the MLP output alone.
     @jax.jit
@@ -600,14 +604,16 @@ def toolbox_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
                                   coef[np.arange(len(coef)), 2 * out["sae_freq"] - 1])
     out["sae_alive"] = ~np.asarray(dead)
     seconds.append(time.perf_counter())
-    out["toolbox_seconds"] = np.diff(seconds)  # DLA, probes, steering, attribution patching, SAE
+    for name, t in zip(("dla", "probes", "steering", "attribution_patching", "sae"), np.diff(seconds)):
+        experiment.record(name, t)
     return out
 
 
 def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     """Measure every seed from its snapshots and logs; saved to ``analysis.npz`` (keys ``s{seed}.name``)."""
-    epochs, models = load_history(cfg, run)
-    logs = run.logs()
+    with experiment.timed("snapshots"):
+        epochs, models = load_history(cfg, run)
+        logs = run.logs()
     out = {"epochs": epochs}
     for k in ("loss", "train_acc", "test_loss", "test_acc"):
         out[f"log_{k}"] = logs[k]  # [seeds, n_steps]

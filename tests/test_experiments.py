@@ -99,6 +99,12 @@ def test_smoke_run_end_to_end(name, smoke_run):
         assert (Path(f"{run.root}-figures") / Path(f["path"]).name).exists()
     assert run.config(exp.Config) == exp.PRESETS["smoke"]
     assert set(run.analysis())  # what analyze returned, saved by the runner
+    walls = rep["wall_time_s"]
+    assert [k.split(".")[0] for k in walls if "." not in k] == ["train", "analyze", "plot"]
+    parts = {k: v for k, v in walls.items() if k.startswith("analyze.")}
+    assert sum(parts.values()) <= walls["analyze"]  # disjoint pieces of the stage
+    if name in ("grokking", "induction"):  # the report says what each of the toolbox's analyses costs
+        assert {"analyze.snapshots", "analyze.probes"} <= set(parts) and all(v > 0 for v in parts.values())
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -113,3 +119,18 @@ def test_a_run_in_use_is_refused_in_one_line(name, smoke_run, capsys):
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "in use" in err, err
     after = {p: p.stat().st_mtime_ns for p in run.root.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == {p: t for p, t in before.items() if p.name != ".lock"}
+
+
+def test_timed_parts_join_their_stage_and_replace_an_earlier_runs():
+    with experiment.timed("outside a stage"):  # times nothing, fails nothing
+        pass
+    times = {"plot": 2.0, "train": 1.0, "analyze": 9.0, "analyze.gone": 5.0}
+    with experiment._parts(times, "analyze"):
+        with experiment.timed("a"):
+            pass
+        experiment.record("b", 1.5)
+        experiment.record("b", 0.5)
+    assert "analyze.gone" not in times and times["analyze.b"] == 2.0 and 0 <= times["analyze.a"] < 1
+    assert list(experiment._ordered(times)) == ["train", "analyze", "analyze.a", "analyze.b", "plot"]
+    experiment.record("after the stage", 1.0)
+    assert "analyze.after the stage" not in times

@@ -15,7 +15,9 @@ This module does the rest the same way for all of them:
 - every stage ends by writing ``report.json`` and ``report.md`` and printing the checks;
 - ``--sweep`` makes the run a sweep (``toylab.sweep``): one program per group of points, a view
   per point, a sweep table and figure; ``--point I`` analyses and draws point I as a single run;
-- under ``jax.distributed`` process 0 does all of the above, the others train alongside it.
+- under ``jax.distributed`` process 0 does all of the above, the others train alongside it;
+- a stage's wall time goes into the report, and so does each part of ``analyze`` that it wraps in
+  ``timed("name")`` (as ``analyze.name``), so a run says what each of its analyses cost.
 
 Test hook: ``TOYLAB_KILL_AFTER_CHUNKS=k`` SIGKILLs the process after k training chunks
 (through ``toylab.train.on_chunk``), so tests can prove that a resumed run ends with
@@ -23,6 +25,7 @@ exactly the parameters of an uninterrupted one.
 """
 
 import contextlib
+import contextvars
 import dataclasses
 import json
 import os
@@ -35,6 +38,56 @@ from typing import Any
 from toylab import config, guide, report, runs, sweep
 from toylab import train as training
 from toylab.runs import Run
+
+
+_PARTS: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("toylab_parts", default=None)
+
+
+@contextlib.contextmanager
+def timed(name: str):
+    """Time a part of the running stage; its seconds (summed if the part runs more than once) join the
+    run's wall times as ``<stage>.<name>``. Outside a stage it times nothing.
+
+    Why: the report should say what each analysis costs, not only the stage's total. JAX dispatches
+    asynchronously, so a part's time is only right if the part ends by reading its results (``np.asarray``).
+    """
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        record(name, time.perf_counter() - t)
+
+
+def record(name: str, seconds: float) -> None:
+    """Add ``seconds`` to part ``name`` of the running stage (what ``timed`` does), for parts timed by hand."""
+    parts = _PARTS.get()
+    if parts is not None:
+        parts[name] = parts.get(name, 0.0) + float(seconds)
+
+
+@contextlib.contextmanager
+def _parts(times: dict[str, float], stage: str):
+    """Collect the ``timed`` parts of one stage into ``times``."""
+    parts: dict[str, float] = {}
+    token = _PARTS.set(parts)
+    try:
+        yield
+    finally:
+        _PARTS.reset(token)
+        for k in [k for k in times if k.startswith(f"{stage}.")]:
+            del times[k]  # a re-run stage replaces the parts of the previous one
+        times.update({f"{stage}.{k}": v for k, v in parts.items()})
+
+
+def _ordered(times: dict[str, float]) -> dict[str, float]:
+    """Wall times by stage, each stage's total before its parts (a re-run stage's parts were added last)."""
+    stages = ["train", "analyze", "plot"]
+
+    def key(k: str) -> tuple[int, int]:
+        stage = k.split(".")[0]
+        return (stages.index(stage) if stage in stages else len(stages), k != stage)
+
+    return dict(sorted(times.items(), key=lambda kv: key(kv[0])))
 
 
 def _read_json(path: Path, default: Any) -> Any:
@@ -100,7 +153,8 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
             run.path("provenance.json").write_text(json.dumps(report.provenance(times["train"]), indent=2) + "\n")
         if args.stage in ("analyze", "all"):
             t = time.perf_counter()
-            run.save_analysis(analyze(cfg, run))
+            with _parts(times, "analyze"):
+                run.save_analysis(analyze(cfg, run))
             times["analyze"] = time.perf_counter() - t
             checks = check(cfg, run.analysis())
             run.path("checks.json").write_text(json.dumps([dataclasses.asdict(c) for c in checks], indent=2,
@@ -113,6 +167,7 @@ def main_for(*, name: str, doc: str, Config: type, presets: dict[str, Any],
                 args.figures.mkdir(parents=True, exist_ok=True)
                 for f in figs:
                     shutil.copyfile(run.path(f.path), args.figures / Path(f.path).name)
+        times = _ordered(times)
         run.path("wall_time.json").write_text(json.dumps(times, indent=2) + "\n")
         checks_path = run.path("checks.json")
         if not checks_path.exists():
