@@ -164,6 +164,15 @@ def test_readme_check_tables_come_from_the_committed_reports():
     text = (ROOT / "README.md").read_text()
     assert text.count("<!-- checks: ") == len(reports) and set(EXPERIMENTS) <= set(reports)
     assert guide.fill_readme(text, reports) == text  # python -m experiments.exercises --write-guides refreshes them
+    assert "<!-- costs: grokking -->" in text and "<!-- costs: induction -->" in text  # what each analysis costs
     for name in EXPERIMENTS:  # the gallery links every guide and shows an animation
         assert f"(figures/{name}/README.md)" in text and any(f"(figures/{name}/{g.name})" in text
                                                              for g in (ROOT / "figures" / name).glob("*.gif"))
+
+
+def test_costs_line_says_each_stage_and_its_parts():
+    rep = {"wall_time_s": {"train": 1571.4, "analyze": 66.2, "analyze.dla_and_patching": 27.4,
+                           "analyze.steering_and_sae": 20.0, "plot": 8.0},
+           "provenance": {"cpu": "AMD EPYC, 2 cores"}}
+    assert guide.costs_line(rep) == ("Wall times of the committed run (AMD EPYC, 2 cores): training 26 min 11 s; "
+                                     "analysis 1 min 6 s (DLA and patching 27 s, steering and SAE 20 s); figures 8 s.")

@@ -116,13 +116,44 @@ def committed_reports(figures: Path) -> dict[str, dict[str, Any]]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(figures.glob("*/report.json"))}
 
 
+_COSTS = re.compile(r"(<!-- costs: (\S+) -->\n)(.*?)(<!-- /costs -->)", re.S)
+_STAGES = {"train": "training", "analyze": "analysis", "plot": "figures"}
+
+
+def costs_line(report: dict[str, Any]) -> str:
+    """The report's wall times in one sentence: each stage, and in brackets what its parts cost."""
+    walls = report["wall_time_s"]
+
+    def part(name: str) -> str:
+        return " ".join(w.upper() if w in ("dla", "sae") else w for w in name.split("_"))
+
+    stages = []
+    for stage, label in _STAGES.items():
+        if stage not in walls:
+            continue
+        parts = [f"{part(k.split('.', 1)[1])} {v:.0f} s" for k, v in walls.items() if k.startswith(f"{stage}.")]
+        stages.append(f"{label} {_duration(walls[stage])}" + (f" ({', '.join(parts)})" if parts else ""))
+    cpu = (report.get("provenance") or {}).get("cpu")
+    return f"Wall times of the committed run{f' ({cpu})' if cpu else ''}: {'; '.join(stages)}."
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+
 def fill_readme(text: str, reports: dict[str, dict[str, Any]]) -> str:
-    """Replace every ``<!-- checks: NAME -->...<!-- /checks -->`` block with NAME's checks table."""
+    """Replace every ``<!-- checks: NAME -->...<!-- /checks -->`` block with NAME's checks table, and every
+    ``<!-- costs: NAME -->...<!-- /costs -->`` block with its wall times (``costs_line``)."""
     def fill(m: re.Match) -> str:
         rep = reports[m.group(2)]
         return (f"{m.group(1)}{rep['n_passed']} of {rep['n_checks']} checks pass on the {rep['preset']} preset "
                 f"(committed run):\n\n{checks_table(rep)}\n{m.group(4)}")
-    return _BLOCK.sub(fill, text)
+
+    def costs(m: re.Match) -> str:
+        return f"{m.group(1)}{costs_line(reports[m.group(2)])}\n{m.group(4)}"
+
+    return _COSTS.sub(costs, _BLOCK.sub(fill, text))
 
 
 def write(template: Path, figures_dir: Path, exercises: Sequence[Any] = ()) -> Path:
