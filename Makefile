@@ -28,7 +28,7 @@ $(STAMP): requirements.lock pyproject.toml
 # make grokking ARGS="--n-steps 5000"; another preset into another folder:
 # make induction ARGS="--preset markov --out runs/induction-markov --figures figures/induction-markov"
 # Paper-preset wall times on 2 CPU cores: superposition ~3 min, grokking ~30 min (44 on a slow day),
-# induction 3.5 to 8 min, sae 7 to 11 min.
+# induction 3.5 to 6 min, sae 7 to 11 min.
 $(EXPERIMENTS): %: $(STAMP)
 	$(PY) -m experiments.$* all --preset paper --out runs/$* --figures figures/$* $(ARGS)
 
