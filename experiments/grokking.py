@@ -333,7 +333,7 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     train_idx, test_idx = split(p, cfg.frac_train, cfg.seed + seed)
     final = _index(models, -1)
     out: dict[str, np.ndarray] = {}
-    t0 = time.perf_counter()  # each part's seconds go into the report's wall times
+    lap = experiment.laps()  # each part's seconds go into the report's wall times
 
     # The final model: which frequencies, and how the circuit uses them.
     we = fourier.component_norms(F, np.asarray(final.embed.W_E)[:p])
@@ -369,8 +369,7 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     out["ablation_losses"] = np.array([loss_with(lambda h: h), loss_with(project(keys, True))]
                                       + [loss_with(project([k], False)) for k in keys])
 
-    experiment.record("fourier_and_ablations", time.perf_counter() - t0)
-    t0 = time.perf_counter()
+    lap("fourier_and_ablations")
     # Progress measures over every snapshot, with the final model's key frequencies.
     per = progress_measures(models, jnp.asarray(pairs), y, train_idx, test_idx, fourier.sum_directions(p, keys),
                             np.stack([fourier.sum_directions(p, [k]) for k in keys]))
@@ -383,7 +382,7 @@ def analyze_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     out["ckpt_gini_W_E"] = np.array([fourier.gini(fourier.frequency_norms(x)) for x in out["ckpt_W_E_norms"]])
     out["ckpt_gini_W_L"] = np.array([fourier.gini(fourier.frequency_norms(x)) for x in out["ckpt_W_L_norms"]])
     out["ckpt_sum_sq"] = np.array([sum_sq(_index(models, t)) for t in range(n)])
-    experiment.record("progress_measures", time.perf_counter() - t0)
+    lap("progress_measures")
     return out
 
 
@@ -436,7 +435,7 @@ def toolbox_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     final = _index(models, -1)
     rng = np.random.default_rng(cfg.seed + seed)
     out: dict[str, np.ndarray] = {}
-    seconds = [time.perf_counter()]  # wall time of each verb, for the report's wall times
+    lap = experiment.laps()  # each verb's seconds go into the report's wall times
 
     # Direct logit attribution at '=' to logit[c*] - mean logit, and logits from the MLP output alone.
     @jax.jit
@@ -475,7 +474,7 @@ def toolbox_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     out.update(wave_fve=np.array(fve), wave_example=np.array(example), waves=np.array(waves).reshape(-1, p),
                wave_alpha=np.array(alphas), wave_sizes=np.array(sizes))
 
-    seconds.append(time.perf_counter())
+    lap("dla")
 
     # Probes for cos/sin(w_k(a+b)), every k, fitted on the training pairs and scored on the test pairs: the
     # untrained model (row 0) and every PROBE_EVERY-th snapshot in one compiled call.
@@ -507,7 +506,7 @@ def toolbox_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
         np.asarray(jax.jit(lambda m: probe_r2(m, PROBE_HOOKS[:1], Y_shuffled))(final))[0]])
     out["probe_control_names"] = np.array(["before the layer (resid_pre at '=')", "shuffled labels (hook_post)"])
 
-    seconds.append(time.perf_counter())
+    lap("probes")
 
     # Steering at the MLP output, on answer a + b + delta. The mean difference over the full grid is a
     # difference of two means over the same activations (b -> b + delta permutes the grid): zero.
@@ -541,7 +540,7 @@ def toolbox_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
 
     out["steer_acc"] = np.asarray(steer(final, jnp.asarray(V, jnp.float32)))  # [unsteered/mean diff/rotation, delta]
 
-    seconds.append(time.perf_counter())
+    lap("steering")
 
     # Attribution patching against exact activation patching: clean (a, b), corrupted (a', b);
     # metric logit[(a+b)] - logit[(a'+b)] at '=', averaged over the pairs.
@@ -572,7 +571,7 @@ def toolbox_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
         out[f"atp.{short}"], out[f"ap.{short}"] = np.asarray(atp[n]), np.asarray(ap[n])
     out["atp_relu_flips"] = np.asarray(flips)
 
-    seconds.append(time.perf_counter())
+    lap("attribution_patching")
 
     # A TopK SAE on the MLP neurons at '=' over all p^2 inputs.
     scfg = saes.SAEConfig(d_in=cfg.d_mlp, d_sae=max(int(SAE_WIDTH * cfg.d_mlp), 2 * SAE_K), architecture="topk",
@@ -603,9 +602,7 @@ def toolbox_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
     out["sae_phase"] = np.arctan2(coef[np.arange(len(coef)), 2 * out["sae_freq"]],
                                   coef[np.arange(len(coef)), 2 * out["sae_freq"] - 1])
     out["sae_alive"] = ~np.asarray(dead)
-    seconds.append(time.perf_counter())
-    for name, t in zip(("dla", "probes", "steering", "attribution_patching", "sae"), np.diff(seconds)):
-        experiment.record(name, t)
+    lap("sae")
     return out
 
 

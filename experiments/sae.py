@@ -352,6 +352,8 @@ def evaluate_group(saes: S.SAE, x: jax.Array, truth: jax.Array | None, coefs: np
 def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     """Metrics of every SAE against its ground truth, recovery over training, the pentagon, the control."""
     out: dict[str, np.ndarray] = {}
+    lap = experiment.laps()  # each part's seconds go into the report's wall times
+
     G, p = synthetic_truth(cfg)
     key = jax.random.key(cfg.seed + 5000)
     x = sparse_codes(key, jnp.asarray(p), cfg.eval_samples) @ jnp.asarray(G)
@@ -372,6 +374,7 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
                 jnp.asarray(snaps["W_dec"]))
             out[f"{name}.steps"] = steps
             out[f"{name}.history"] = np.asarray(cos).reshape(len(steps), -1, cfg.n_seeds, 2)  # [T, coef, seed, 2]
+    lap("synthetic")
 
     # The pentagon: its model, its SAEs' decoder rows, recovery per instance, and one latent ablated at a time.
     W, b, density = tms_model(cfg, run, "tms.pentagon")
@@ -393,6 +396,7 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     sae = jax.tree.map(lambda a: a[best], load_saes(run, "pentagon.resampled", pc))
     out["pentagon.steer_instance"] = np.array(best)
     out["pentagon.steer_effect"], out["pentagon.steer_match"] = steering_effects(sae, W, b, xs)
+    lap("pentagon")
 
     # The 100-to-20 model: truth = its represented columns.
     Wb, _, big_density = tms_model(cfg, run, "tms.big")
@@ -405,6 +409,7 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     for k_, v in m.items():
         out[f"big.{k_}"] = v.reshape(-1, 2)
     out["big.random_mmcs"] = np.array(S.random_mmcs(int(rep.sum()), cfg.big_m, 2 * cfg.big_n))
+    lap("big")
 
     # The composed-features control: how close each true feature W_i and each composition comes to a latent.
     Wc, _, _ = tms_model(cfg, run, "tms.composed")
@@ -419,6 +424,7 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     out["composed.W_dec"] = np.asarray(saes.W_dec)
     out["composed.true_cos"] = np.asarray(jax.vmap(lambda W: S.cosines(W, jnp.asarray(Wc)).max(-1))(saes.W_dec))
     out["composed.comp_cos"] = np.asarray(jax.vmap(lambda W: S.cosines(W, jnp.asarray(comp)).max(-1))(saes.W_dec))
+    lap("composed")
     return out
 
 

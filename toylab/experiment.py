@@ -58,6 +58,20 @@ def timed(name: str):
         record(name, time.perf_counter() - t)
 
 
+def laps() -> Callable[[str], None]:
+    """``lap = laps()``; then ``lap("name")`` after each part records the seconds since the previous lap (or
+    since ``laps()``): ``timed`` for a function whose parts follow one another."""
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        record(name, now - t)
+        t = now
+
+    return lap
+
+
 def record(name: str, seconds: float) -> None:
     """Add ``seconds`` to part ``name`` of the running stage (what ``timed`` does), for parts timed by hand."""
     parts = _PARTS.get()
