@@ -608,9 +608,10 @@ def toolbox_seed(cfg: Config, epochs: np.ndarray, models: tf.Transformer, seed: 
 
 def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     """Measure every seed from its snapshots and logs; saved to ``analysis.npz`` (keys ``s{seed}.name``)."""
-    with experiment.timed("snapshots"):
-        epochs, models = load_history(cfg, run)
-        logs = run.logs()
+    lap = experiment.laps()  # each part's seconds go into the report's wall times
+    epochs, models = load_history(cfg, run)
+    logs = run.logs()
+    lap("snapshots")
     out = {"epochs": epochs}
     for k in ("loss", "train_acc", "test_loss", "test_acc"):
         out[f"log_{k}"] = logs[k]  # [seeds, n_steps]

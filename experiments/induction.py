@@ -549,107 +549,105 @@ def analyze(cfg: Config, run: Run) -> dict[str, np.ndarray]:
     ev = eval_sets(cfg)
     out: dict[str, np.ndarray] = {"chance": np.array(np.log(cfg.n_tokens)),
                                   "composition_baseline": np.array(composition_baseline(cfg.d_model, cfg.d_head, seed=cfg.seed))}
-    timed = experiment.timed  # each part's seconds go into the report's wall times
     for group in GROUPS:
-        with timed("snapshots"):
-            steps, models = load_snapshots(cfg, run, group)
-            logs = run.logs(group)
+        lap = experiment.laps()  # each part's seconds go into the report's wall times
+        steps, models = load_snapshots(cfg, run, group)
+        logs = run.logs(group)
+        lap("snapshots")
         out[f"{group}.log_steps"] = np.arange(1, logs["loss"].shape[1] + 1) * cfg.log_every
         out[f"{group}.log_loss"], out[f"{group}.log_repeated_loss"] = logs["loss"], logs["repeated_loss"]
         out[f"{group}.steps"] = steps
         # Snapshots and seeds one model at a time (lax.map): vmapping the seeds took 1.7x as long, and
         # vmapping both 2.5x longer again (cached attention patterns for many models spill the caches).
-        with timed("head_scores_and_lens"):
-            scores = jax.jit(lambda ms: jax.lax.map(lambda mm: jax.lax.map(lambda m: head_scores(m, ev, cfg), mm),
-                                                    ms))(models)  # [T, seeds, ...]
-            for k, v in scores.items():
-                out[f"{group}.{k}"] = np.asarray(v)
+        scores = jax.jit(lambda ms: jax.lax.map(lambda mm: jax.lax.map(lambda m: head_scores(m, ev, cfg), mm), ms))(
+            models)  # [T, seeds, ...]
+        for k, v in scores.items():
+            out[f"{group}.{k}"] = np.asarray(v)
+        lap("head_scores_and_lens")
         final = jax.tree.map(lambda x: x[-1], models)
         rrt, rep = ev["rrt"], ev["rrt_rep"]
         if GROUPS[group] == 2:  # the circuit's analyses; the control's lens is in head_scores
             # the toolbox on the final models: DLA, attribution vs activation patching
-            with timed("dla_and_patching"):
-                for k, v in jax.jit(jax.vmap(lambda m: toolbox(cfg, m, ev)))(final).items():
-                    out[f"{group}.{k}"] = np.asarray(v)
+            for k, v in jax.jit(jax.vmap(lambda m: toolbox(cfg, m, ev)))(final).items():
+                out[f"{group}.{k}"] = np.asarray(v)
+            lap("dla_and_patching")
             # previous-token probe before layer 1 on the untrained models (row 0) and over training, in one
             # compiled call; with its controls (before layer 0, shuffled labels) on the final models
-            with timed("probes"):
-                ps = probe_set(cfg)
-                idx = sorted(set(range(0, len(steps), PROBE_EVERY)) | {len(steps) - 1})
-                if steps[0] == 0:  # the step-0 snapshot is the initialisation, bit for bit
-                    untrained = jax.tree.map(lambda x: x[0], models)
-                else:
-                    init, _ = make_train(cfg, GROUPS[group])
-                    # lax.map, not vmap: the same bits, and a batched random draw compiles about 3x slower (7.5 s)
-                    untrained = jax.jit(lambda ks: jax.lax.map(lambda k: init(k, {})["params"], ks))(
-                        group_keys(cfg, group))
-                some = jax.tree.map(lambda u, x: jnp.concatenate([u[None], x[np.array(idx)]]), untrained, models)
-                # one model at a time (lax.map, not vmap): a vmapped L-BFGS steps every model until the slowest
-                # one's line search ends, and batched small matmuls run slower on a CPU (2x here)
-                pr = np.asarray(jax.jit(lambda ms: jax.lax.map(lambda mm: jax.lax.map(
-                    lambda m: prev_token_probe(cfg, m, ps, controls=False), mm), ms))(some))[..., 0]
-                out[f"{group}.probe_steps"] = steps[idx]
-                out[f"{group}.probe"], out[f"{group}.probe_untrained"] = pr[1:], pr[0]  # [snapshots, seeds], [seeds]
-                out[f"{group}.probe_final"] = np.asarray(jax.jit(lambda ms: jax.lax.map(
-                    lambda m: prev_token_probe(cfg, m, ps), ms))(final))
-            with timed("steering_and_sae"):
-                # steering and an SAE before layer 1, with each seed's previous-token head
-                st, sae_tokens = steer_set(cfg), sae_set(cfg)
-                prev_heads = jnp.asarray(scores["prev_token_score"][-1, :, 0].argmax(-1))
-                sae_keys = jax.random.split(jax.random.key(cfg.seed + 8001), n_models(cfg, group))
-                more = jax.jit(jax.vmap(lambda m, h, k: steer_and_sae(cfg, m, ev, st, sae_tokens, h, k)))(
-                    final, prev_heads, sae_keys)
-                out.update({f"{group}.{k}": np.asarray(v) for k, v in more.items()})
+            ps = probe_set(cfg)
+            idx = sorted(set(range(0, len(steps), PROBE_EVERY)) | {len(steps) - 1})
+            if steps[0] == 0:  # the step-0 snapshot is the initialisation, bit for bit
+                untrained = jax.tree.map(lambda x: x[0], models)
+            else:
+                init, _ = make_train(cfg, GROUPS[group])
+                # lax.map, not vmap: the same bits, and a batched random draw compiles about 3x slower (7.5 s)
+                untrained = jax.jit(lambda ks: jax.lax.map(lambda k: init(k, {})["params"], ks))(
+                    group_keys(cfg, group))
+            some = jax.tree.map(lambda u, x: jnp.concatenate([u[None], x[np.array(idx)]]), untrained, models)
+            # one model at a time (lax.map, not vmap): a vmapped L-BFGS steps every model until the slowest
+            # one's line search ends, and batched small matmuls run slower on a CPU (2x here)
+            pr = np.asarray(jax.jit(lambda ms: jax.lax.map(lambda mm: jax.lax.map(
+                lambda m: prev_token_probe(cfg, m, ps, controls=False), mm), ms))(some))[..., 0]
+            out[f"{group}.probe_steps"] = steps[idx]
+            out[f"{group}.probe"], out[f"{group}.probe_untrained"] = pr[1:], pr[0]  # [snapshots, seeds], [seeds]
+            out[f"{group}.probe_final"] = np.asarray(jax.jit(lambda ms: jax.lax.map(
+                lambda m: prev_token_probe(cfg, m, ps), ms))(final))
+            lap("probes")
+            # steering and an SAE before layer 1, with each seed's previous-token head
+            st, sae_tokens = steer_set(cfg), sae_set(cfg)
+            prev_heads = jnp.asarray(scores["prev_token_score"][-1, :, 0].argmax(-1))
+            sae_keys = jax.random.split(jax.random.key(cfg.seed + 8001), n_models(cfg, group))
+            more = jax.jit(jax.vmap(lambda m, h, k: steer_and_sae(cfg, m, ev, st, sae_tokens, h, k)))(
+                final, prev_heads, sae_keys)
+            out.update({f"{group}.{k}": np.asarray(v) for k, v in more.items()})
+            lap("steering_and_sae")
 
-        with timed("ablation_and_generalisation"):
-            def rep_loss(logits):
-                return repeated_loss(logits, rrt, rep)
+        def rep_loss(logits):
+            return repeated_loss(logits, rrt, rep)
 
-            # zero-ablate each head's output (hook_z) on [BOS] + R + R: one vmapped grid per model
-            out[f"{group}.ablation"] = np.asarray(jax.jit(jax.vmap(
-                lambda m: patching.patch_grid(m, rrt, rep_loss, mode="zero")))(final))
-            # and every head of a layer at once: [seeds, layers]
-            out[f"{group}.layer_ablation"] = np.asarray(jax.jit(jax.vmap(lambda m: jax.vmap(
-                lambda l: rep_loss(patching.patch_heads(m, rrt, l, None, mode="zero")))(
-                    jnp.arange(GROUPS[group]))))(final))
-            # Held-out repeat lengths, two ways: placed as in training (a span copied from a random
-            # start to a random later start), and as [BOS] + R + R at the very start, where short
-            # spans also put the second copy at positions no training repeat reaches (dst >= repeat_min + 1).
-            fits = [L for L in EVAL_LENGTHS if 1 + 2 * L <= cfg.seq_len]
-            rep_losses = jax.jit(jax.vmap(jax.vmap(  # [seeds, token sets]
-                lambda m, t, r: repeated_loss(tf.forward(m, t), t, r), (None, 0, 0)), (0, None, None)))
-            for where in ("length_loss", "length_start_loss"):
-                held = np.full((n_models(cfg, group), len(EVAL_LENGTHS)), np.nan)
-                out[f"{group}.{where}"] = held  # [seeds, lengths]; NaN where a length does not fit
-                if not fits:
-                    continue
-                sets = [make_batch(jax.random.key(cfg.seed + 3000 + L), cfg, cfg.eval_batch, lengths=(L, L))
-                        if where == "length_loss" else repeated_random(jax.random.key(cfg.seed + 3000 + L), cfg,
-                                                                        cfg.eval_batch, L) for L in fits]
-                toks, r = jnp.stack([t for t, _ in sets]), jnp.stack([m for _, m in sets])
-                held[:, [EVAL_LENGTHS.index(L) for L in fits]] = np.asarray(rep_losses(final, toks, r))
-            # Both copies of R right after each other at the start, middle and end of the context
-            L = int(ev["rrt_len"])
-            sets = [placed(jax.random.key(cfg.seed + 5000 + i), cfg, cfg.eval_batch, L, w)
-                    for i, w in enumerate(PLACEMENTS)]
-            out[f"{group}.placement_loss"] = np.asarray(rep_losses(final, jnp.stack([t for t, _ in sets]),
-                                                                   jnp.stack([m for _, m in sets])))  # [seeds, 3]
-        with timed("patterns_and_composition"):
-            patterns = jax.jit(jax.vmap(lambda m: tf.run_with_cache(m, rrt[:1], lambda n: n.endswith("hook_pattern"))))
-            _, cache = patterns(final)
-            if GROUPS[group] == 2:  # seed 0's attention over training on the same sequence, for the animation
-                _, hist = patterns(jax.tree.map(lambda x: x[:, 0], models))
-                out[f"{group}.pattern_history"] = np.stack([np.asarray(hist[f"blocks.{l}.attn.hook_pattern"])[:, 0]
-                                                            for l in range(GROUPS[group])], 1).astype(np.float16)
-            # [seeds, layers, heads, q, k]
-            out[f"{group}.final_patterns"] = np.stack([np.asarray(cache[f"blocks.{l}.attn.hook_pattern"])[:, 0]
-                                                       for l in range(GROUPS[group])], 1)
-            out[f"{group}.rrt_tokens"] = np.asarray(rrt[0])
-            if GROUPS[group] == 2:
-                comp = jax.jit(jax.vmap(jax.vmap(composition_scores)))(models)  # [T, seeds, heads0, heads1]
-                for name in ("Q", "K", "V"):
-                    out[f"{group}.comp_{name}"] = np.asarray(comp[name][-1])  # the final models
-                    out[f"{group}.comp_{name}_history"] = np.asarray(comp[name])
+        # zero-ablate each head's output (hook_z) on [BOS] + R + R: one vmapped grid per model
+        out[f"{group}.ablation"] = np.asarray(jax.jit(jax.vmap(
+            lambda m: patching.patch_grid(m, rrt, rep_loss, mode="zero")))(final))
+        # and every head of a layer at once: [seeds, layers]
+        out[f"{group}.layer_ablation"] = np.asarray(jax.jit(jax.vmap(lambda m: jax.vmap(
+            lambda l: rep_loss(patching.patch_heads(m, rrt, l, None, mode="zero")))(jnp.arange(GROUPS[group]))))(final))
+        # Held-out repeat lengths, two ways: placed as in training (a span copied from a random
+        # start to a random later start), and as [BOS] + R + R at the very start, where short
+        # spans also put the second copy at positions no training repeat reaches (dst >= repeat_min + 1).
+        fits = [L for L in EVAL_LENGTHS if 1 + 2 * L <= cfg.seq_len]
+        rep_losses = jax.jit(jax.vmap(jax.vmap(  # [seeds, token sets]
+            lambda m, t, r: repeated_loss(tf.forward(m, t), t, r), (None, 0, 0)), (0, None, None)))
+        for where in ("length_loss", "length_start_loss"):
+            held = np.full((n_models(cfg, group), len(EVAL_LENGTHS)), np.nan)
+            out[f"{group}.{where}"] = held  # [seeds, lengths]; NaN where a length does not fit
+            if not fits:
+                continue
+            sets = [make_batch(jax.random.key(cfg.seed + 3000 + L), cfg, cfg.eval_batch, lengths=(L, L))
+                    if where == "length_loss" else repeated_random(jax.random.key(cfg.seed + 3000 + L), cfg,
+                                                                    cfg.eval_batch, L) for L in fits]
+            toks, r = jnp.stack([t for t, _ in sets]), jnp.stack([m for _, m in sets])
+            held[:, [EVAL_LENGTHS.index(L) for L in fits]] = np.asarray(rep_losses(final, toks, r))
+        # Both copies of R right after each other at the start, middle and end of the context
+        L = int(ev["rrt_len"])
+        sets = [placed(jax.random.key(cfg.seed + 5000 + i), cfg, cfg.eval_batch, L, w) for i, w in enumerate(PLACEMENTS)]
+        out[f"{group}.placement_loss"] = np.asarray(rep_losses(final, jnp.stack([t for t, _ in sets]),
+                                                               jnp.stack([m for _, m in sets])))  # [seeds, 3]
+        lap("ablation_and_generalisation")
+        _, cache = jax.jit(jax.vmap(lambda m: tf.run_with_cache(m, rrt[:1], lambda n: n.endswith("hook_pattern"))))(final)
+        if GROUPS[group] == 2:  # seed 0's attention over training on the same sequence, for the animation
+            seed0 = jax.tree.map(lambda x: x[:, 0], models)
+            _, hist = jax.jit(jax.vmap(lambda m: tf.run_with_cache(m, rrt[:1], lambda n: n.endswith("hook_pattern"))))(
+                seed0)
+            out[f"{group}.pattern_history"] = np.stack([np.asarray(hist[f"blocks.{l}.attn.hook_pattern"])[:, 0]
+                                                        for l in range(GROUPS[group])], 1).astype(np.float16)
+        out[f"{group}.final_patterns"] = np.stack([np.asarray(cache[f"blocks.{l}.attn.hook_pattern"])[:, 0]
+                                                   for l in range(GROUPS[group])], 1)  # [seeds, layers, heads, q, k]
+        out[f"{group}.rrt_tokens"] = np.asarray(rrt[0])
+        if GROUPS[group] == 2:
+            comp = jax.jit(jax.vmap(jax.vmap(composition_scores)))(models)  # [T, seeds, heads0, heads1]
+            for name in ("Q", "K", "V"):
+                out[f"{group}.comp_{name}"] = np.asarray(comp[name][-1])  # the final models
+                out[f"{group}.comp_{name}_history"] = np.asarray(comp[name])
+        lap("patterns_and_composition")
     out["eval_lengths"] = np.array(EVAL_LENGTHS)
     out["rrt_len"] = np.asarray(ev["rrt_len"])
     return out

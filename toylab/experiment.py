@@ -16,8 +16,8 @@ This module does the rest the same way for all of them:
 - ``--sweep`` makes the run a sweep (``toylab.sweep``): one program per group of points, a view
   per point, a sweep table and figure; ``--point I`` analyses and draws point I as a single run;
 - under ``jax.distributed`` process 0 does all of the above, the others train alongside it;
-- a stage's wall time goes into the report, and so does each part of ``analyze`` that it wraps in
-  ``timed("name")`` (as ``analyze.name``), so a run says what each of its analyses cost.
+- a stage's wall time goes into the report, and so does each part of ``analyze`` that it times with
+  ``laps`` (as ``analyze.name``), so a run says what each of its analyses cost.
 
 Test hook: ``TOYLAB_KILL_AFTER_CHUNKS=k`` SIGKILLs the process after k training chunks
 (through ``toylab.train.on_chunk``), so tests can prove that a resumed run ends with
@@ -43,45 +43,30 @@ from toylab.runs import Run
 _PARTS: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("toylab_parts", default=None)
 
 
-@contextlib.contextmanager
-def timed(name: str):
-    """Time a part of the running stage; its seconds (summed if the part runs more than once) join the
-    run's wall times as ``<stage>.<name>``. Outside a stage it times nothing.
+def laps() -> Callable[[str], None]:
+    """``lap = laps()``, then ``lap("name")`` after each part of the running stage: the seconds since the
+    previous lap (or since ``laps()``) join the run's wall times as ``<stage>.<name>``, summed if a name
+    comes back. Outside a stage it records nothing.
 
     Why: the report should say what each analysis costs, not only the stage's total. JAX dispatches
     asynchronously, so a part's time is only right if the part ends by reading its results (``np.asarray``).
     """
     t = time.perf_counter()
-    try:
-        yield
-    finally:
-        record(name, time.perf_counter() - t)
-
-
-def laps() -> Callable[[str], None]:
-    """``lap = laps()``; then ``lap("name")`` after each part records the seconds since the previous lap (or
-    since ``laps()``): ``timed`` for a function whose parts follow one another."""
-    t = time.perf_counter()
 
     def lap(name: str) -> None:
         nonlocal t
         now = time.perf_counter()
-        record(name, now - t)
+        parts = _PARTS.get()
+        if parts is not None:
+            parts[name] = parts.get(name, 0.0) + now - t
         t = now
 
     return lap
 
 
-def record(name: str, seconds: float) -> None:
-    """Add ``seconds`` to part ``name`` of the running stage (what ``timed`` does), for parts timed by hand."""
-    parts = _PARTS.get()
-    if parts is not None:
-        parts[name] = parts.get(name, 0.0) + float(seconds)
-
-
 @contextlib.contextmanager
 def _parts(times: dict[str, float], stage: str):
-    """Collect the ``timed`` parts of one stage into ``times``."""
+    """Collect the ``laps`` of one stage into ``times``."""
     parts: dict[str, float] = {}
     token = _PARTS.set(parts)
     try:
